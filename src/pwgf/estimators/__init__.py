@@ -1,0 +1,1 @@
+"""One estimator a module; :mod:`pwgf.registry` is the table of them."""

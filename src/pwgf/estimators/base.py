@@ -1,0 +1,171 @@
+"""The interface every estimator implements, and the helpers they share.
+
+An estimator turns a cost ``f`` and a distribution ``p_θ`` into a *surrogate*: a tensor whose value
+is the Monte Carlo estimate of ``E[f(z)]`` and whose gradient, by ordinary autograd, is the
+estimator's estimate of ``∇ E[f(z)]`` for θ (and, through θ, for whatever produced it) and the
+ordinary gradient for the parameters inside ``f``.
+
+Conventions:
+
+* ``f`` takes samples with a leading sample dimension K, shape ``(K, *dist.batch_shape,
+  *dist.event_shape)``, and returns costs of shape ``(K, *S)``; the surrogate has shape ``S``.
+* When ``S`` is a prefix of the distribution's batch shape (the usual per-example loss),
+  score-function estimators credit output ``s`` only to the atoms of batch entry ``s``; that is
+  unbiased when ``f_s`` depends on ``z`` only through ``z_s``. Pass ``joint_score=True`` where
+  outputs couple batch entries (it is always unbiased, with more variance).
+* Estimators that need ∇f as a value (not as a backward rule) use the gradient of ``f``'s outputs
+  summed; their surrogate gives the right gradient for any reduction that weights outputs equally
+  (``sum`` or ``mean``). Pathwise and score-function estimators are right for any reduction.
+* ``weights`` (internal): a probability vector over the K samples replacing the uniform 1/K, used
+  to take exact expectations of an estimate by enumeration (``pwgf.estimator_expectation``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InvalidCostError, NeedsCostFunctionError, PWGFError, UnsupportedFamilyError
+from ..families import Family, as_family
+
+CostFn = Callable[[Tensor], Tensor]
+
+ALL_FAMILIES = ("bernoulli", "categorical", "poisson")
+
+
+class Estimator(nn.Module):
+    """Base class. Subclasses set the class attributes and implement :meth:`surrogate_at`."""
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    families: ClassVar[tuple[str, ...]] = ALL_FAMILIES
+    biased: ClassVar[bool]
+    #: evaluations of f (and ∇f) per sample, as shown in the estimator table
+    evaluations: ClassVar[str]
+    #: option -> "default: meaning", the estimator's keyword arguments
+    option_docs: ClassVar[dict[str, str]] = {}
+    #: needs only ∇f at its samples, so ``pwgf.sample`` can serve it
+    pathwise: ClassVar[bool] = False
+    #: the estimate is an average of terms that each depend on one sample (and θ), so its exact
+    #: expectation is a sum over the support
+    per_sample: ClassVar[bool] = False
+    #: has parameters of its own, tuned to reduce variance
+    learnable: ClassVar[bool] = False
+    #: least number of samples the estimator works with
+    min_samples: ClassVar[int] = 1
+
+    # -- public --------------------------------------------------------------------------------
+    def surrogate(self, f: CostFn, dist: object, n_samples: int = 1) -> Tensor:
+        """Surrogate loss of shape ``S``: value ≈ E[f(z)], gradient = this estimator's estimate."""
+        fam = self.family(dist)
+        n = self._check_n(n_samples)
+        return self.surrogate_at(f, fam, self.draw(fam, n))
+
+    def sample(self, dist: object, n_samples: int = 1) -> Tensor:
+        """Discrete samples whose backward pass is this estimator (pathwise estimators only)."""
+        if not self.pathwise:
+            raise NeedsCostFunctionError(
+                f"estimator '{self.name}' must evaluate f itself, so it cannot work through "
+                f"pwgf.sample; use pwgf.get_estimator('{self.name}').surrogate(f, dist, n_samples)"
+            )
+        fam = self.family(dist)
+        return self.attach(fam, fam.sample(self._check_n(n_samples)))
+
+    # -- for subclasses ------------------------------------------------------------------------
+    def draw(self, fam: Family, n: int) -> Tensor:
+        """The estimator's randomness for ``n`` samples; by default the samples themselves."""
+        return fam.sample(n)
+
+    def surrogate_at(
+        self, f: CostFn, fam: Family, z: Tensor, weights: Tensor | None = None
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def attach(self, fam: Family, z: Tensor) -> Tensor:
+        """Pathwise estimators: ``z`` unchanged in value, with the estimator as backward rule."""
+        raise NotImplementedError
+
+    def family(self, dist: object) -> Family:
+        fam = as_family(dist)
+        if fam.name not in self.families:
+            from ..registry import estimators_for  # the registry imports this module
+
+            raise UnsupportedFamilyError(
+                f"estimator '{self.name}' does not support the {fam.name} family; "
+                f"estimators that do: {', '.join(estimators_for(fam.name))}"
+            )
+        return fam
+
+    def _check_n(self, n_samples: int) -> int:
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int):
+            raise PWGFError(f"n_samples must be an int, got {type(n_samples).__name__}")
+        if n_samples < self.min_samples:
+            raise PWGFError(
+                f"n_samples must be >= {self.min_samples} for estimator '{self.name}', "
+                f"got {n_samples}"
+            )
+        return n_samples
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class PathwiseEstimator(Estimator):
+    """An estimator defined by a backward rule at each sample: the surrogate is f averaged over
+    the samples after :meth:`attach`."""
+
+    pathwise = True
+    per_sample = True
+
+    def surrogate_at(
+        self, f: CostFn, fam: Family, z: Tensor, weights: Tensor | None = None
+    ) -> Tensor:
+        return average(evaluate(f, self.attach(fam, z)), weights)
+
+
+# -- shared helpers --------------------------------------------------------------------------------
+def evaluate(f: CostFn, z: Tensor) -> Tensor:
+    """``f(z)``, checked: a floating tensor of shape ``(K, *S)`` with K = ``z.shape[0]``."""
+    out = f(z)
+    if not isinstance(out, Tensor):
+        raise InvalidCostError(f"f must return a torch.Tensor, got {type(out).__name__}")
+    if not out.dtype.is_floating_point:
+        raise InvalidCostError(f"f must return a floating-point tensor, got {out.dtype}")
+    if out.ndim == 0 or out.shape[0] != z.shape[0]:
+        raise InvalidCostError(
+            f"f must return costs of shape (K, *S) with K = {z.shape[0]} samples first; it "
+            f"returned shape {tuple(out.shape)} for input of shape {tuple(z.shape)}"
+        )
+    return out
+
+
+def average(values: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean over the leading sample dimension, or the weighted sum when ``weights`` is given."""
+    if weights is None:
+        return values.mean(0)
+    return (weights.reshape(-1, *([1] * (values.ndim - 1))) * values).sum(0)
+
+
+def per_output(x: Tensor, out_shape: torch.Size, batch_shape: torch.Size, joint: bool) -> Tensor:
+    """Reduce an atom-level quantity ``(K, *batch_shape, ...)`` to broadcast against ``(K, *S)``.
+
+    If ``S`` is a prefix of the batch shape (and not ``joint``), output ``s`` gets the sum over
+    batch entry ``s``'s atoms; otherwise every output gets the sum over all atoms.
+    """
+    k = x.shape[0]
+    s = len(out_shape)
+    if not joint and tuple(batch_shape[:s]) == tuple(out_shape):
+        return x.reshape(k, *out_shape, -1).sum(-1)
+    return x.reshape(k, -1).sum(-1).reshape(k, *([1] * s))
+
+
+def detached_grad(f: CostFn, z: Tensor) -> tuple[Tensor, Tensor]:
+    """``f(z)`` (still attached to f's parameters) and ``∇_z Σ f(z)`` at the detached samples."""
+    zz = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = evaluate(f, zz)
+        (g,) = torch.autograd.grad(out.sum(), zz, retain_graph=True, allow_unused=True)
+    return out, torch.zeros_like(zz) if g is None else g

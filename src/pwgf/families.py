@@ -1,0 +1,346 @@
+"""The discrete families pwgf handles, behind one small interface.
+
+A :class:`Family` wraps a user's ``torch.distributions`` object (``Bernoulli``,
+``OneHotCategorical`` or ``Poisson``, possibly inside ``Independent``) and exposes what the
+estimators need: the mean μ(θ) as a tensor still attached to the user's graph, detached samples,
+log-probabilities, and the support as a grid of points with differentiable probabilities.
+
+Terms used throughout:
+
+* *shape*: the shape of one sample, ``dist.batch_shape + dist.event_shape``.
+* *atom*: one independent discrete coordinate. A Bernoulli or Poisson atom is a scalar; a one-hot
+  categorical atom is a vector of length C. ``atom_shape`` is the shape of the array of atoms.
+* *grid*: for every atom, M support points (``values``, shape ``(*atom_shape, M, V)``, V = 1 for
+  scalar families and C for categorical) with their probabilities (``probs``, ``(*atom_shape, M)``).
+  Expectations under p_θ are ``Σ_m probs[..., m] ψ(values[..., m, :])``, exact for Bernoulli and
+  categorical, and truncated for Poisson (see :mod:`pwgf.truncation`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical, Poisson
+
+from .errors import InvalidParameterError, UnsupportedDistributionError
+from .kernels import Kernel
+from .truncation import DEFAULT_TAIL, poisson_grid
+
+
+class Family(ABC):
+    """A discrete, factorised distribution seen the way the estimators need it."""
+
+    name: str
+    value_dim: int
+
+    def __init__(self, dist: Distribution, base: Distribution) -> None:
+        self.dist = dist
+        self.base = base
+        self.shape = torch.Size(dist.batch_shape + dist.event_shape)
+        self.batch_shape = torch.Size(dist.batch_shape)
+        self._check_parameters()
+
+    # -- parameters -------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def param_name(self) -> str:
+        """Name of the tensor the distribution was built from (``logits``, ``probs``, ``rate``)."""
+
+    @property
+    def param(self) -> Tensor:
+        """The tensor the distribution was built from (torch keeps it as ``_param``)."""
+        return self._param_owner()._param
+
+    def _param_owner(self) -> Distribution:
+        return self.base
+
+    def _built_from_logits(self) -> bool:
+        # lazy_property caches the derived parameter in __dict__ too, so compare identities.
+        owner = self._param_owner()
+        return owner.__dict__.get("logits") is owner._param
+
+    @abstractmethod
+    def rebuild(self, param: Tensor) -> Family:
+        """The same family and wrapping, built from a new parameter tensor of the same kind."""
+
+    @abstractmethod
+    def _check_parameters(self) -> None: ...
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.param.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.param.device
+
+    # -- moments, sampling ------------------------------------------------------------------
+    @abstractmethod
+    def mean(self) -> Tensor:
+        """μ(θ), shape ``self.shape``, differentiable with respect to θ."""
+
+    @abstractmethod
+    def variance(self) -> Tensor:
+        """Variance of each atom (for categorical, the trace of its covariance), ``atom_shape``."""
+
+    def sample(self, n: int) -> Tensor:
+        """``n`` detached samples, shape ``(n, *self.shape)``, in the parameter's dtype."""
+        with torch.no_grad():
+            return self.base.sample((n,)).to(self.dtype)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """Log-probability of each atom, shape ``(n, *atom_shape)``."""
+        return self.base.log_prob(z)
+
+    @property
+    def atom_shape(self) -> torch.Size:
+        return torch.Size(self.base.batch_shape)
+
+    @property
+    def n_atoms(self) -> int:
+        return self.atom_shape.numel()
+
+    # -- atom view and support grid -----------------------------------------------------------
+    @abstractmethod
+    def to_atoms(self, z: Tensor) -> Tensor:
+        """``(n, *shape)`` -> ``(n, *atom_shape, V)``."""
+
+    @abstractmethod
+    def from_atoms(self, v: Tensor) -> Tensor:
+        """``(n, *atom_shape, V)`` -> ``(n, *shape)``."""
+
+    @abstractmethod
+    def grid(self, tail: float = DEFAULT_TAIL) -> tuple[Tensor, Tensor]:
+        """Support points ``(*atom_shape, M, V)`` (detached) and their probabilities
+        ``(*atom_shape, M)`` (differentiable in θ)."""
+
+    @abstractmethod
+    def kernel_metric(self, kernel: Kernel, h: Tensor, tail: float = DEFAULT_TAIL) -> Tensor:
+        """``G(θ) = ∇²_{μ'} MMD²_κ(p_{μ'}, p_μ)|_{μ'=μ}`` per atom, in mean coordinates.
+
+        A scalar per atom: for Bernoulli and Poisson the mean is one number; for the one-hot
+        categorical G is a multiple of the identity on the simplex's tangent space whenever κ is
+        invariant under permutations of the coordinates (RBF and linear are), and that multiple is
+        returned. ``h`` is the bandwidth, a scalar or one per atom. Shape ``atom_shape``.
+        """
+
+
+def _check_finite(name: str, value: Tensor) -> None:
+    if not value.dtype.is_floating_point:
+        raise InvalidParameterError(
+            f"distribution parameter '{name}' must be a floating-point tensor, got {value.dtype}"
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise InvalidParameterError(
+            f"distribution parameter '{name}' has non-finite values (nan or inf)"
+        )
+
+
+class BernoulliFamily(Family):
+    name = "bernoulli"
+    value_dim = 1
+
+    @property
+    def param_name(self) -> str:
+        return "logits" if self._built_from_logits() else "probs"
+
+    def _check_parameters(self) -> None:
+        p = self.param
+        _check_finite(self.param_name, p)
+        if self.param_name == "probs" and bool(((p < 0) | (p > 1)).any()):
+            raise InvalidParameterError("Bernoulli 'probs' must lie in [0, 1]")
+
+    def rebuild(self, param: Tensor) -> Family:
+        base = Bernoulli(**{self.param_name: param})
+        return _wrap_like(self.dist, base, BernoulliFamily)
+
+    def mean(self) -> Tensor:
+        return self.base.probs
+
+    def variance(self) -> Tensor:
+        p = self.base.probs
+        return p * (1 - p)
+
+    def to_atoms(self, z: Tensor) -> Tensor:
+        return z.unsqueeze(-1)
+
+    def from_atoms(self, v: Tensor) -> Tensor:
+        return v.squeeze(-1)
+
+    def grid(self, tail: float = DEFAULT_TAIL) -> tuple[Tensor, Tensor]:
+        p = self.base.probs
+        values = torch.tensor([0.0, 1.0], dtype=p.dtype, device=p.device)
+        values = values.expand(*p.shape, 2).unsqueeze(-1)
+        return values, torch.stack([1 - p, p], dim=-1)
+
+    def kernel_metric(self, kernel: Kernel, h: Tensor, tail: float = DEFAULT_TAIL) -> Tensor:
+        # MMD²(p', p) = (p' - p)² (κ00 + κ11 - 2κ01), so G = 2(κ00 + κ11 - 2κ01).
+        zero = torch.zeros(1, dtype=self.dtype, device=self.device)
+        one = torch.ones(1, dtype=self.dtype, device=self.device)
+        k = kernel.value
+        g = 2 * (k(zero, zero, h) + k(one, one, h) - 2 * k(zero, one, h))
+        return g.expand(self.atom_shape)
+
+    def mvd_step(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The neighbour of each coordinate (its other value) and the sign that makes
+        ``sign·(f(z with z_d flipped) - f(z))`` equal ``f(z|z_d=1) - f(z|z_d=0)``."""
+        sign = 1 - 2 * z
+        return sign, sign
+
+
+class CategoricalFamily(Family):
+    name = "categorical"
+
+    @property
+    def value_dim(self) -> int:  # type: ignore[override]
+        return self.base.event_shape[-1]
+
+    def _param_owner(self) -> Distribution:
+        return self.base._categorical
+
+    @property
+    def param_name(self) -> str:
+        return "logits" if self._built_from_logits() else "probs"
+
+    def _check_parameters(self) -> None:
+        p = self.param
+        _check_finite(self.param_name, p)
+        if self.param_name == "probs" and bool((p < 0).any()):
+            raise InvalidParameterError("OneHotCategorical 'probs' must be non-negative")
+        if self.value_dim < 2:
+            raise InvalidParameterError("OneHotCategorical needs at least 2 categories")
+
+    def rebuild(self, param: Tensor) -> Family:
+        base = OneHotCategorical(**{self.param_name: param})
+        return _wrap_like(self.dist, base, CategoricalFamily)
+
+    def mean(self) -> Tensor:
+        return self.base.probs
+
+    def variance(self) -> Tensor:
+        p = self.base.probs
+        return 1 - (p**2).sum(-1)
+
+    def to_atoms(self, z: Tensor) -> Tensor:
+        return z
+
+    def from_atoms(self, v: Tensor) -> Tensor:
+        return v
+
+    def grid(self, tail: float = DEFAULT_TAIL) -> tuple[Tensor, Tensor]:
+        p = self.base.probs
+        c = p.shape[-1]
+        eye = torch.eye(c, dtype=p.dtype, device=p.device)
+        return eye.expand(*p.shape[:-1], c, c), p
+
+    def kernel_metric(self, kernel: Kernel, h: Tensor, tail: float = DEFAULT_TAIL) -> Tensor:
+        # Gram on the vertices is a I + b 11ᵀ; on the tangent space (Σδ = 0) MMD² = a|δ|²,
+        # so G = 2a = 2(κ(e1, e1) - κ(e1, e2)).
+        eye = torch.eye(2, dtype=self.dtype, device=self.device)
+        e1, e2 = eye[0], eye[1]
+        g = 2 * (kernel.value(e1, e1, h) - kernel.value(e1, e2, h))
+        return g.expand(self.atom_shape)
+
+
+class PoissonFamily(Family):
+    name = "poisson"
+    value_dim = 1
+
+    @property
+    def param_name(self) -> str:
+        return "rate"
+
+    @property
+    def param(self) -> Tensor:
+        return self.base.rate
+
+    def _check_parameters(self) -> None:
+        _check_finite("rate", self.param)
+        if bool((self.param < 0).any()):
+            raise InvalidParameterError("Poisson 'rate' must be non-negative")
+
+    def rebuild(self, param: Tensor) -> Family:
+        return _wrap_like(self.dist, Poisson(param), PoissonFamily)
+
+    def mean(self) -> Tensor:
+        return self.base.rate
+
+    def variance(self) -> Tensor:
+        return self.base.rate
+
+    def to_atoms(self, z: Tensor) -> Tensor:
+        return z.unsqueeze(-1)
+
+    def from_atoms(self, v: Tensor) -> Tensor:
+        return v.squeeze(-1)
+
+    def _pmf(self, x: Tensor, rate: Tensor) -> Tensor:
+        # exp(x log λ - λ - log x!), written with xlogy so that λ = 0 gives the point mass at 0.
+        log_p = torch.special.xlogy(x, rate.unsqueeze(-1)) - rate.unsqueeze(-1) - torch.lgamma(x + 1)
+        return torch.where(x >= 0, torch.exp(log_p), torch.zeros_like(log_p))
+
+    def grid(self, tail: float = DEFAULT_TAIL) -> tuple[Tensor, Tensor]:
+        rate = self.base.rate
+        x = poisson_grid(rate, tail)
+        return x.unsqueeze(-1), self._pmf(x, rate)
+
+    def kernel_metric(self, kernel: Kernel, h: Tensor, tail: float = DEFAULT_TAIL) -> Tensor:
+        # G = 2 Σ_{x,x'} ∂p(x) ∂p(x') κ(x, x'), with ∂_λ p(x) = p(x-1) - p(x).
+        rate = self.base.rate.detach()
+        x = poisson_grid(rate, tail)
+        dp = self._pmf(x - 1, rate) - self._pmf(x, rate)
+        h = torch.as_tensor(h, dtype=x.dtype, device=x.device).expand(rate.shape)
+        gram = kernel.value(x[..., :, None, None], x[..., None, :, None], h[..., None, None])
+        return 2 * torch.einsum("...i,...ij,...j->...", dp, gram, dp)
+
+    def mvd_step(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Neighbour ``z + 1`` with coefficient 1: ``∂_λ E f = E[f(z + 1) - f(z)]``."""
+        one = torch.ones_like(z)
+        return one, one
+
+
+_FAMILIES: dict[type, type[Family]] = {
+    Bernoulli: BernoulliFamily,
+    OneHotCategorical: CategoricalFamily,
+    Poisson: PoissonFamily,
+}
+
+SUPPORTED = "Bernoulli, OneHotCategorical, Poisson (each possibly inside Independent)"
+
+
+def _unwrap(dist: object) -> Distribution:
+    base = dist
+    while isinstance(base, Independent):
+        base = base.base_dist
+    return base  # type: ignore[return-value]
+
+
+def _wrap_like(template: Distribution, base: Distribution, cls: type[Family]) -> Family:
+    # Rebuild the stack of Independent wrappers the user had, innermost first.
+    wrappers = []
+    d = template
+    while isinstance(d, Independent):
+        wrappers.append(d.reinterpreted_batch_ndims)
+        d = d.base_dist
+    dist = base
+    for ndims in reversed(wrappers):
+        dist = Independent(dist, ndims)
+    return cls(dist, base)
+
+
+def as_family(dist: object) -> Family:
+    """Wrap ``dist`` as a :class:`Family`, or raise a clear error naming what is supported."""
+    if isinstance(dist, Family):
+        return dist
+    if not isinstance(dist, Distribution):
+        raise UnsupportedDistributionError(
+            f"expected a torch.distributions object ({SUPPORTED}), got {type(dist).__name__}"
+        )
+    base = _unwrap(dist)
+    cls = _FAMILIES.get(type(base))
+    if cls is None:
+        raise UnsupportedDistributionError(
+            f"unsupported distribution {type(base).__name__}; pwgf handles {SUPPORTED}"
+        )
+    return cls(dist, base)
