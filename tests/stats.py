@@ -1,0 +1,35 @@
+"""Statistical assertions with tolerances derived from the measured variance."""
+
+from __future__ import annotations
+
+import torch
+
+N_SE = 5.0  # tolerance in standard errors
+
+
+def assert_mean_matches(draws: torch.Tensor, target: torch.Tensor, n_se: float = N_SE) -> None:
+    """``draws`` (R, *shape) are independent estimates; their mean must lie within ``n_se``
+    standard errors of ``target`` in every coordinate (the s.e. is estimated from the draws,
+    with a floor of 1e-9 relative to the target's scale for coordinates with zero variance)."""
+    r = draws.shape[0]
+    mean = draws.mean(0)
+    se = draws.std(0) / r**0.5
+    floor = 1e-9 * (1 + target.abs().max())
+    z = (mean - target).abs() / torch.clamp(se, min=floor)
+    worst = int(z.flatten().argmax())
+    assert bool((z <= n_se).all()), (
+        f"mean {mean.flatten()[worst]:.6g} vs target {target.flatten()[worst]:.6g}: "
+        f"{z.flatten()[worst]:.2f} standard errors (se {se.flatten()[worst]:.3g}, R={r}); "
+        f"tolerance {n_se} s.e."
+    )
+
+
+def draw_gradients(est, f, make, param: torch.Tensor, draws: int, k: int) -> torch.Tensor:
+    """``draws`` independent gradient estimates for ``param`` (each its own backward)."""
+    leaf = param.detach().clone().requires_grad_(True)
+    out = []
+    for _ in range(draws):
+        loss = est.surrogate(f, make(leaf), n_samples=k).sum()
+        (g,) = torch.autograd.grad(loss, leaf)
+        out.append(g)
+    return torch.stack(out)
