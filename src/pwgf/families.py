@@ -19,6 +19,7 @@ Terms used throughout:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical, Poisson
@@ -277,7 +278,9 @@ class PoissonFamily(Family):
 
     def _pmf(self, x: Tensor, rate: Tensor) -> Tensor:
         # exp(x log λ - λ - log x!), written with xlogy so that λ = 0 gives the point mass at 0.
-        log_p = torch.special.xlogy(x, rate.unsqueeze(-1)) - rate.unsqueeze(-1) - torch.lgamma(x + 1)
+        log_p = (
+            torch.special.xlogy(x, rate.unsqueeze(-1)) - rate.unsqueeze(-1) - torch.lgamma(x + 1)
+        )
         return torch.where(x >= 0, torch.exp(log_p), torch.zeros_like(log_p))
 
     def grid(self, tail: float = DEFAULT_TAIL) -> tuple[Tensor, Tensor]:

@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
             mean, se = grads.mean(0), grads.std(0) / args.draws**0.5
             own = pwgf.estimator_expectation(est, prob.f, dist) if est.per_sample else None
             bias = (mean - exact).norm() / exact.norm()
+            own_txt = _fmt(own) if own is not None else "(not a support sum)"
             print(
-                f"   {info.name:<14} {(_fmt(own) if own is not None else '(not a support sum)'):<44}"
+                f"   {info.name:<14} {own_txt:<44}"
                 f" {_fmt(mean)} ± {se.max():.3f}  rel. bias {bias:.3f}"
                 f"{'  (biased by design)' if info.biased else ''}"
             )

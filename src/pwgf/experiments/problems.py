@@ -91,4 +91,9 @@ def categorical_nonlinear(n: int = 3, c: int = 4, seed: int = 0, dtype=torch.flo
 
 
 def default_problems() -> list[Problem]:
-    return [poisson_quadratic(), poisson_nonlinear(), bernoulli_nonlinear(), categorical_nonlinear()]
+    return [
+        poisson_quadratic(),
+        poisson_nonlinear(),
+        bernoulli_nonlinear(),
+        categorical_nonlinear(),
+    ]
