@@ -138,3 +138,20 @@ def test_gradient_reaches_an_upstream_network():
     z = pwgf.sample(Bernoulli(logits=enc(x)), estimator="st", n_samples=2)
     (z.sum(-1) ** 2).mean().backward()
     assert enc.weight.grad is not None and enc.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("prob", list(PROBLEMS.values()), ids=lambda p: p.name)
+def test_exact_moments_agree_with_measured_ones(prob):
+    """Exact mean and variance by enumeration vs 400 draws, both within 5 standard errors: the
+    squared deviations from the exact mean have expectation exactly the variance, and their own
+    spread gives the standard error of that comparison."""
+    for name in ("st", "pwgf", "reinforce", "mvd"):
+        est = pwgf.get_estimator(name)
+        if prob.family not in est.families:
+            continue
+        mean, var = pwgf.estimator_moments(est, prob.f, prob.dist(), n_samples=2)
+        torch.testing.assert_close(mean, pwgf.estimator_expectation(est, prob.f, prob.dist()))
+        draws = draw_gradients(est, prob.f, prob.make, prob.param, draws=400, k=2)
+        assert_mean_matches(draws, mean)
+        centred = (draws - mean) ** 2  # unbiased for var since the mean is exact
+        assert_mean_matches(centred, var)

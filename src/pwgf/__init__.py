@@ -20,7 +20,7 @@ from .errors import (
     UnsupportedFamilyError,
 )
 from .estimators.base import Estimator
-from .exact import estimator_expectation, exact_expectation, exact_gradient
+from .exact import estimator_expectation, estimator_moments, exact_expectation, exact_gradient
 from .families import Family, as_family
 from .registry import EstimatorInfo, estimators_for, get_estimator, list_estimators
 
@@ -49,6 +49,7 @@ __all__ = [
     "UnsupportedFamilyError",
     "as_family",
     "estimator_expectation",
+    "estimator_moments",
     "estimators_for",
     "exact_expectation",
     "exact_gradient",

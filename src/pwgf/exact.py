@@ -92,6 +92,17 @@ def exact_gradient(
     return grad
 
 
+def _per_sample_setup(estimator: Estimator, dist: object) -> tuple[Family, Tensor]:
+    if not estimator.per_sample:
+        raise PWGFError(
+            f"estimator '{estimator.name}' does not average per-sample terms, so its exact "
+            "moments are not sums over the support"
+        )
+    fam = estimator.family(dist)
+    leaf = fam.param.detach().clone().requires_grad_(True)
+    return fam.rebuild(leaf), leaf
+
+
 def estimator_expectation(
     estimator: Estimator,
     f: CostFn,
@@ -108,14 +119,7 @@ def estimator_expectation(
     as its samples, weighted by their probabilities. For a biased estimator this is what its
     Monte Carlo mean converges to; for an unbiased one it equals :func:`exact_gradient`.
     """
-    if not estimator.per_sample:
-        raise PWGFError(
-            f"estimator '{estimator.name}' does not average per-sample terms, so its exact mean "
-            "is not a sum over the support"
-        )
-    fam = estimator.family(dist)
-    leaf = fam.param.detach().clone().requires_grad_(True)
-    fam = fam.rebuild(leaf)
+    fam, leaf = _per_sample_setup(estimator, dist)
     grad = torch.zeros_like(leaf)
     with torch.enable_grad():
         for z, p in _configurations(fam, max_configs, chunk, tail):
@@ -124,3 +128,38 @@ def estimator_expectation(
             if g is not None:
                 grad += g
     return grad
+
+
+def estimator_moments(
+    estimator: Estimator,
+    f: CostFn,
+    dist: object,
+    *,
+    n_samples: int = 1,
+    max_configs: int = 2**18,
+    tail: float = DEFAULT_TAIL,
+) -> tuple[Tensor, Tensor]:
+    """Exact mean and per-coordinate variance of ``estimator``'s gradient with ``n_samples``
+    samples, by enumeration (for ``per_sample`` estimators).
+
+    With ``ĝ(z)`` the one-sample estimate at support point z, the K-sample estimate averages K
+    independent ones, so ``mean = Σ_z p(z) ĝ(z)`` and ``var = (Σ_z p(z) ĝ(z)² - mean²) / K``.
+    The per-point estimates come from one double-backward pass per parameter coordinate:
+    the surrogate is ``Σ_z w_z ℓ_z(θ)`` and ``∂²/∂w_z∂θ`` of it is ``ĝ(z)``.
+    """
+    fam, leaf = _per_sample_setup(estimator, dist)
+    z, p = next(_configurations(fam, max_configs, max_configs, tail))  # one chunk: all of it
+    w = p.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = estimator.surrogate_at(f, fam, z, weights=w).sum()
+        (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
+        flat = g.reshape(-1)
+        rows = [
+            torch.autograd.grad(flat[i], w, retain_graph=True, allow_unused=True)[0]
+            for i in range(flat.numel())  # one pass per parameter coordinate, not per point
+        ]
+    per_point = torch.stack([torch.zeros_like(w) if r is None else r for r in rows], -1)
+    pw = p.detach().unsqueeze(-1)
+    mean = (pw * per_point).sum(0)
+    var = ((pw * per_point**2).sum(0) - mean**2).clamp(min=0) / n_samples
+    return mean.reshape(leaf.shape).detach(), var.reshape(leaf.shape).detach()
