@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+# The tests use tiny tensors, for which a second intra-op thread costs more than it gives (and
+# on a loaded 2-core CI machine much more); one thread also makes timings reproducible.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_dtype():

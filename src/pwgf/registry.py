@@ -15,6 +15,12 @@ _TABLE: dict[str, tuple[str, str]] = {
     "reinforce": ("reinforce", "Reinforce"),
     "reinforce-loo": ("reinforce", "ReinforceLOO"),
     "mvd": ("mvd", "MeasureValued"),
+    "gumbel-softmax": ("gumbel", "GumbelSoftmax"),
+    "st-gumbel": ("gumbel", "StraightThroughGumbel"),
+    "muprop": ("muprop", "MuProp"),
+    "arm": ("arm", "ARM"),
+    "disarm": ("disarm", "DisARM"),
+    "reinmax": ("reinmax", "ReinMax"),
     "exact": ("exact", "Exact"),
 }
 

@@ -18,6 +18,9 @@ Conventions:
   (``sum`` or ``mean``). Pathwise and score-function estimators are right for any reduction.
 * ``weights`` (internal): a probability vector over the K samples replacing the uniform 1/K, used
   to take exact expectations of an estimate by enumeration (``pwgf.estimator_expectation``).
+  Enumeration calls ``surrogate_at`` once per chunk of the support, so every term, including one
+  that does not depend on the samples, must go through ``average(..., weights)``; a term added
+  outside it would be counted once per chunk.
 """
 
 from __future__ import annotations
