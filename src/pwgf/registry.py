@@ -21,6 +21,8 @@ _TABLE: dict[str, tuple[str, str]] = {
     "arm": ("arm", "ARM"),
     "disarm": ("disarm", "DisARM"),
     "reinmax": ("reinmax", "ReinMax"),
+    "rebar": ("rebar", "Rebar"),
+    "relax": ("relax", "Relax"),
     "exact": ("exact", "Exact"),
 }
 
