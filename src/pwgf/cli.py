@@ -11,6 +11,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "exact vs estimated gradients of every estimator on small problems"),
     "estimators": ("estimators", "the estimator table: families, cost, bias, options"),
+    "vae": ("vae", "Bernoulli VAE on MNIST-static / MNIST / Fashion-MNIST through an estimator"),
+    "vae-table": ("vae_table", "Table 2 grid (estimators x architectures), resumable"),
 }
 
 
