@@ -39,6 +39,7 @@ from torch import nn
 
 import pwgf
 
+from . import vae_variance
 from .data import BINARIZATIONS, DATASETS, DataError, Dataset, load_dataset
 from .vae_model import ARCHS, BernoulliVAE
 
@@ -138,6 +139,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="at the end, the S-sample bound of the best-validation model on the test set",
     )
+    g.add_argument(
+        "--variance-every",
+        type=int,
+        default=0,
+        help="every N steps (a multiple of --eval-every), measure the variance of the encoder "
+        "gradient of each --variance-estimators on the same parameters and batch (0: off)",
+    )
+    g.add_argument(
+        "--variance-estimators",
+        default="st,pwgf,reinforce-loo,arm,disarm,rebar,relax",
+        help="comma-separated estimators measured by --variance-every",
+    )
+    g.add_argument("--variance-draws", type=int, default=20, help="estimates per measurement")
     g.add_argument("--out", type=Path, default=None, help="output folder (runs/vae/<run name>)")
     g.add_argument("--restart", action="store_true", help="discard a checkpoint in --out")
     g.add_argument("--device", default="cpu")
@@ -183,6 +197,12 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
             f"{', '.join(pwgf.estimators_for('bernoulli'))}"
         )
     samples = args.samples if args.samples is not None else max(1, est.min_samples)
+    variance_names = [pwgf.get_estimator(n).name for n in args.variance_estimators.split(",") if n]
+    if args.variance_every:
+        if args.variance_every % args.eval_every:
+            raise pwgf.PWGFError("--variance-every must be a multiple of --eval-every")
+        if args.variance_draws < 2:
+            raise pwgf.PWGFError("--variance-draws must be >= 2")
     for name in ("steps", "batch_size", "eval_every"):
         if getattr(args, name) < 1:
             raise pwgf.PWGFError(f"--{name.replace('_', '-')} must be >= 1")
@@ -208,6 +228,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         "iw_limit": args.iw_limit,
         "final_iw_samples": args.final_iw_samples,
         "device": str(args.device),
+        "variance_every": args.variance_every,
+        "variance_estimators": variance_names if args.variance_every else [],
+        "variance_draws": args.variance_draws if args.variance_every else None,
     }
 
 
@@ -504,6 +527,20 @@ class Trainer:
                     lim = data[: cfg["iw_limit"]] if cfg["iw_limit"] else data
                     r = self.model.evaluate(lim, iw_samples=cfg["iw_samples"])
                     row[f"{split}_iw{cfg['iw_samples']}"] = r[f"iw{cfg['iw_samples']}"]
+            every = cfg.get("variance_every")
+            if every and self.step % every == 0:
+                x = self._batch_at(0)  # the same batch at every measurement
+                row.update(
+                    vae_variance.measure(
+                        self.model,
+                        x,
+                        cfg["variance_estimators"],
+                        cfg["variance_draws"],
+                        cfg["samples"],
+                        {cfg["estimator"]: self.estimators},
+                        seed=777,
+                    )
+                )
         row["prior_mean"] = float(torch.sigmoid(self.model.prior_logits.detach()).mean())
         row["train_seconds"] = round(self.train_seconds, 3)
         self.eval_seconds += time.perf_counter() - t0
@@ -731,6 +768,9 @@ def _finish(tr: Trainer, finished: bool, extra: dict[str, Any], out: Path) -> di
     _write_text(out / "results.json", json.dumps(res, indent=1))
     if tr.history:
         plot_curves(tr.history, tr.cfg, out / "learning_curves.png")
+        cfg = tr.cfg
+        title = f"{cfg['dataset']} {cfg['arch']}, trained with {cfg['estimator']}"
+        vae_variance.plot(tr.history, title, out / "gradient_variance.png")
     return res
 
 
