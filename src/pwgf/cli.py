@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "estimators": ("estimators", "the estimator table: families, cost, bias, options"),
     "vae": ("vae", "Bernoulli VAE on MNIST-static / MNIST / Fashion-MNIST through an estimator"),
     "vae-table": ("vae_table", "Table 2 grid (estimators x architectures), resumable"),
+    "poisson-gan": ("poisson_gan", "paper §3.1: Poisson rate learnt by a GAN (Table 1, Fig. 3)"),
+    "poisson-bias": ("poisson_bias", "exact bias of ST and pWGF on Poisson costs, per bandwidth"),
 }
 
 

@@ -23,7 +23,11 @@ which is linear in g_k, so it is a backward rule at each sample and works throug
 ``surrogate`` (its gradient is the one of f's outputs summed).
 
 Bandwidth: a float h, or a rule scaled by the atom's spread, ``"std"`` (h = std of p_θ) or
-``"std*c"`` (h = c · std), floored at ``min_bandwidth``.
+``"std*c"`` (h = c · std), floored at ``min_bandwidth``. The default, h = max(2 std, 1), comes
+from ``pwgf poisson-bias`` and ``pwgf poisson-gan`` (README, "Poisson"): on Poisson it has the
+bias of h = 1 with ST's variance instead of 1.7-3.7 times it, since a bandwidth below the
+spread makes the per-sample weights swing; for Bernoulli (std <= 1/2) it is exactly h = 1. A
+small floor lets the weights, and so the gradient, vanish for low-variance atoms.
 """
 
 from __future__ import annotations
@@ -65,20 +69,20 @@ class PWGFKernel(PathwiseEstimator):
     evaluations = "1 f, 1 ∇f"
     option_docs = {
         "kernel": "'rbf': κ = exp(-(a-b)²/(2h²)); or 'linear' (then pWGF = ST)",
-        "bandwidth": "1.0: h, a float, or 'std' / 'std*c' (c times the atom's std)",
+        "bandwidth": "'std*2': h, a float, or 'std' / 'std*c' (c times the atom's std)",
         "step": "None: ε -> 0 (works with pwgf.sample); or a float ε > 0",
         "normalization": "'projection': Newton step G⁻¹∇Φ/ε; or 'raw': (h²/2)∇Φ/ε",
-        "min_bandwidth": "0.1: floor of a 'std' bandwidth",
+        "min_bandwidth": "1.0: floor of a 'std' bandwidth",
         "tail": "1e-10: Poisson tail mass left out of the truncated support",
     }
 
     def __init__(
         self,
         kernel: str = "rbf",
-        bandwidth: float | str = 1.0,
+        bandwidth: float | str = "std*2",
         step: float | None = None,
         normalization: str = "projection",
-        min_bandwidth: float = 0.1,
+        min_bandwidth: float = 1.0,
         tail: float = DEFAULT_TAIL,
     ) -> None:
         super().__init__()
@@ -96,6 +100,8 @@ class PWGFKernel(PathwiseEstimator):
         self.step = None if step is None else float(step)
         self.normalization = normalization
         self.min_bandwidth = float(min_bandwidth)
+        if not self.min_bandwidth > 0:
+            raise PWGFError(f"pwgf: min_bandwidth must be positive, got {min_bandwidth}")
         self.tail = tail
         self.pathwise = step is None
 
