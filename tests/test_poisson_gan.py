@@ -1,0 +1,109 @@
+"""`pwgf poisson-gan`: outputs, convergence where it is certain, and resume."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from pwgf.cli import main
+from pwgf.experiments import poisson_gan
+
+TINY = ["--seeds", "2", "--steps", "20", "--batch", "8", "--hidden", "8"]
+
+
+def run(tmp_path, *extra):
+    return main(["poisson-gan", *TINY, "--out", str(tmp_path), *extra])
+
+
+def test_outputs_and_table(tmp_path, capsys):
+    assert run(tmp_path, "--estimators", "st,pwgf") == 0
+    printed = capsys.readouterr().out
+    assert "Table 1" in printed and "5.0076" in printed and "arXiv 1910.02176" in printed
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res) >= {"settings", "estimators", "paper_table1", "wall_s_this_invocation"}
+    assert res["settings"]["seeds"] == [0, 1] and res["settings"]["steps"] == 20
+    assert res["paper_table1"]["values"]["pwgf"] == {"mean": 5.0076, "std": 0.013}
+    for name in ("st", "pwgf"):
+        r = res["estimators"][name]
+        assert len(r["final_rate"]) == len(r["oscillation"]) == 2
+        assert all(v > 0 for v in r["final_rate"])
+        assert {"final_mean", "final_std", "oscillation_mean", "tail_mean"} <= set(r)
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == 4 and {r["estimator"] for r in rows} == {"st", "pwgf"}
+    curves = list(csv.DictReader(open(tmp_path / "curves.csv")))
+    assert len(curves) == 2 * 20 * 2  # every step of every seed, both estimators
+    png = tmp_path / "poisson_gan_curves.png"
+    assert png.exists() and png.stat().st_size > 1000
+
+
+def test_seed_lists():
+    assert poisson_gan.parse_seeds("3") == [0, 1, 2]
+    assert poisson_gan.parse_seeds("3,7") == [3, 7]
+    assert poisson_gan.parse_seeds("10-12") == [10, 11, 12]
+
+
+def test_default_estimators_are_registered_poisson_ones():
+    names = poisson_gan.default_estimators()
+    assert names[:2] == ["pwgf", "st"] and "exact" not in names
+    assert set(names) <= set(poisson_gan.DEFAULT_ESTIMATORS)
+
+
+@pytest.mark.parametrize("estimator", ["mvd", "exact"])
+def test_rate_moves_to_data_rate_with_oracle_discriminator(tmp_path, estimator):
+    # With D* for the current λ < 5, f(z) = -log D*(z) = softplus(z log(λ/5) + 5 - λ) decreases
+    # in z, so every mvd term f(z+1) - f(z) (and the exact gradient) is negative: λ can only go up
+    # while below 5 and only down while above it. From λ = 2, 150 Adam steps of ~0.02 in log λ
+    # reach 5; the answer cannot end near 2.
+    args = ["--estimators", estimator, "--discriminator", "oracle", "--steps", "150"]
+    assert run(tmp_path, *args, "--lr-g", "0.02") == 0
+    res = json.loads((tmp_path / "results.json").read_text())["estimators"][estimator]
+    assert all(abs(v - 5.0) < 0.5 for v in res["final_rate"]), res["final_rate"]
+
+
+def test_resume_reuses_finished_work(tmp_path, monkeypatch, capsys):
+    assert run(tmp_path, "--estimators", "st") == 0
+    first = json.loads((tmp_path / "results.json").read_text())
+
+    def no_training(*a, **k):
+        raise AssertionError("recomputed a finished estimator")
+
+    monkeypatch.setattr(poisson_gan, "train", no_training)
+    assert run(tmp_path, "--estimators", "st") == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["reused_from_checkpoint"] == ["st"]
+    assert again["estimators"]["st"]["final_rate"] == first["estimators"]["st"]["final_rate"]
+    # pWGF's options do not concern ST's run
+    assert run(tmp_path, "--estimators", "st", "--bandwidth", "std*2") == 0
+    # other settings: refused, not mixed; --fresh recomputes
+    with pytest.raises(SystemExit, match="other settings"):
+        run(tmp_path, "--estimators", "st", "--lr-g", "0.1")
+    monkeypatch.undo()
+    assert run(tmp_path, "--estimators", "st", "--fresh") == 0
+    fresh = json.loads((tmp_path / "results.json").read_text())
+    assert fresh["reused_from_checkpoint"] == []
+    assert fresh["estimators"]["st"]["final_rate"] == first["estimators"]["st"]["final_rate"]
+
+
+def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    assert run(straight, "--estimators", "pwgf") == 0
+    expected = json.loads((straight / "results.json").read_text())["estimators"]["pwgf"]
+
+    cut = tmp_path / "cut"
+    original = poisson_gan.Progress.update
+
+    def interrupt(self, step, lam):
+        if step == 12:
+            raise KeyboardInterrupt
+        original(self, step, lam)
+
+    monkeypatch.setattr(poisson_gan.Progress, "update", interrupt)
+    assert run(cut, "--estimators", "pwgf", "--checkpoint-every", "0") == 130
+    saved = torch.load(cut / "checkpoints" / "pwgf.pt", weights_only=False)
+    assert saved["status"] == "partial" and saved["step"] == 11
+    monkeypatch.undo()
+    assert run(cut, "--estimators", "pwgf", "--checkpoint-every", "0") == 0
+    got = json.loads((cut / "results.json").read_text())["estimators"]["pwgf"]
+    assert got["final_rate"] == expected["final_rate"]
+    assert got["oscillation"] == expected["oscillation"]
