@@ -129,7 +129,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="last fraction of steps over which the oscillation (std of λ) is taken (0.2)",
     )
     parser.add_argument(
-        "--bandwidth", type=_bandwidth, default=1.0, help="pwgf: h, a float or 'std*c' (1.0)"
+        "--bandwidth",
+        type=_bandwidth,
+        default=None,
+        help="pwgf: h, a float or 'std*c' (the library's default, std*2)",
     )
     parser.add_argument(
         "--normalization", choices=("projection", "raw"), default="projection", help="pwgf"
@@ -138,7 +141,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--step", type=_step, default=None, help="pwgf: ε, a float, or 'none' for ε -> 0 (none)"
     )
     parser.add_argument(
-        "--min-bandwidth", type=float, default=0.1, help="pwgf: floor of a 'std*c' bandwidth (0.1)"
+        "--min-bandwidth",
+        type=float,
+        default=None,
+        help="pwgf: floor of a 'std*c' bandwidth (the library's default, 1.0)",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/poisson-gan"), help="output DIR")
     parser.add_argument(
@@ -240,12 +246,19 @@ class OracleD:
 # -- one estimator, all seeds at once -------------------------------------------------------------
 def estimator_options(name: str, args: argparse.Namespace) -> dict:
     if name == "pwgf":
-        return {
+        opts = {
             "bandwidth": args.bandwidth,
             "normalization": args.normalization,
             "step": args.step,
             "min_bandwidth": args.min_bandwidth,
         }
+        # options left unset take the library's defaults (recorded as such), so the run
+        # reports what users get
+        default = pwgf.get_estimator("pwgf")
+        opts["bandwidth"] = default.bandwidth if args.bandwidth is None else args.bandwidth
+        if args.min_bandwidth is None:
+            opts["min_bandwidth"] = default.min_bandwidth
+        return opts
     return {}
 
 
