@@ -102,8 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-bandwidth",
         type=float,
-        default=0.1,
-        help="pwgf: floor of the 'std*c' rules (0.1, the estimator's default)",
+        default=1.0,
+        help="pwgf: floor of the 'std*c' rules (1.0, the estimator's default)",
     )
     parser.add_argument(
         "--no-variance", action="store_true", help="skip the one-sample variances (faster)"
@@ -197,7 +197,7 @@ def compute(args: argparse.Namespace) -> list[dict]:
 
 
 def pwgf_weights(
-    rate: float, bandwidths: list[str], device: str, min_bandwidth: float = 0.1
+    rate: float, bandwidths: list[str], device: str, min_bandwidth: float = 1.0
 ) -> dict:
     """pWGF's per-sample weight ``w(z)``: its estimate at z when ``f'(z) = 1`` (ST's is 1), for
     every z in the truncated support, and ``c = E[w(z)]`` (its mean relative to ST's for any
