@@ -482,3 +482,17 @@ def test_relax_refuses_a_different_input_size():
     lazy.surrogate(f_sep, Bernoulli(logits=torch.zeros(7, 4, requires_grad=True)), 1)
     with pytest.raises(PWGFError, match="inputs of size 4"):
         lazy.surrogate(f_sep, Bernoulli(logits=torch.zeros(2, 5, requires_grad=True)), 1)
+
+
+@pytest.mark.parametrize("name", ["rebar", "relax"])
+def test_non_finite_tuning_gradient_is_dropped_not_stepped(name):
+    """One singular relaxed point must not turn the estimator's parameters into nan."""
+    est = pwgf.get_estimator(name, **({"input_size": 3} if name == "relax" else {}))
+    bad = (est.eta * torch.tensor(float("nan"))).sum()
+    est._record(bad)
+    assert est.skipped_tuning_steps == 1
+    w = torch.ones(2, requires_grad=True)
+    total = w.sum() + est.variance_loss()
+    assert total.item() == 2.0
+    total.backward()
+    assert all(p.grad is None for p in est.parameters())

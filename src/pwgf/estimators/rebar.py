@@ -184,6 +184,8 @@ class Rebar(Estimator):
         self.log_temperature = nn.Parameter(torch.tensor(math.log(tau)))
         self.eta = nn.Parameter(torch.tensor(scale))
         self._pending_value: Tensor | None = None
+        #: tuning steps dropped because their variance gradient was not finite
+        self.skipped_tuning_steps = 0
         self._pending_grads: dict[nn.Parameter, Tensor] = {}
 
     @property
@@ -305,6 +307,20 @@ class Rebar(Estimator):
         if variance.requires_grad and params:
             grads = torch.autograd.grad(variance, params, allow_unused=True)
         value = variance.detach()
+        # A relaxed sample can land where f's derivative is singular (|z - c|^1.5 at z = c) and
+        # make one tuning gradient non-finite; stepping on it would turn the temperature, and
+        # then every later estimate, into nan. Such a step tunes nothing instead.
+        finite = (
+            torch.isfinite(value)
+            & torch.stack(
+                [torch.isfinite(g).all() for g in grads if g is not None]
+                or [value.new_ones((), dtype=torch.bool)]
+            ).all()
+        )
+        if not bool(finite):
+            self.skipped_tuning_steps += 1
+            value = torch.zeros_like(value)
+            grads = (None,) * len(params)
         if self._pending_value is None:
             self._pending_value = value
         else:
