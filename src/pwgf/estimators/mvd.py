@@ -27,32 +27,49 @@ class MeasureValued(Estimator):
     families = ("bernoulli", "poisson")
     biased = False
     per_sample = True
-    evaluations = "1 + D f"
-    option_docs = {"chunk": "4096: neighbours evaluated per call of f"}
+    evaluations = "1 + D f (D: coordinates of one batch entry when f is per entry)"
+    option_docs = {
+        "chunk": "4096: neighbours evaluated per call of f",
+        "joint_score": "False: when f returns one cost per batch entry, perturb coordinate d of "
+        "every entry in one evaluation (assumes cost s depends only on entry s)",
+    }
 
-    def __init__(self, chunk: int = 4096) -> None:
+    def __init__(self, chunk: int = 4096, joint_score: bool = False) -> None:
         super().__init__()
         if chunk < 1:
             raise PWGFError(f"mvd: chunk must be >= 1, got {chunk}")
         self.chunk = chunk
+        self.joint_score = joint_score
 
     def surrogate_at(
         self, f: CostFn, fam: Family, z: Tensor, weights: Tensor | None = None
     ) -> Tensor:
-        k, d = z.shape[0], fam.shape.numel()
+        k = z.shape[0]
         fz = evaluate(f, z)
+        out_shape = fz.shape[1:]
+        s = len(out_shape)
+        # With one cost per batch entry (the usual per-example loss), flipping coordinate d of
+        # every entry at once gives each entry's own difference in one evaluation: D instead of
+        # B·D evaluations. Otherwise each coordinate of the whole sample is flipped alone.
+        per_entry = not self.joint_score and tuple(fam.batch_shape[:s]) == tuple(out_shape)
+        groups = out_shape.numel() if per_entry else 1
+        d = fam.shape.numel() // groups
         step, coef = fam.mvd_step(z)
-        flat, step, coef = z.reshape(k, d), step.reshape(k, d), coef.reshape(k, d)
-        mu = fam.mean().reshape(d)
+        flat = z.reshape(k, groups, d)
+        step, coef = step.reshape(k, groups, d), coef.reshape(k, groups, d)
+        mu = fam.mean().reshape(groups, d)
         dmu = mu - mu.detach()
-        term = torch.zeros_like(fz)
-        tail = [1] * (fz.ndim - 1)
+        term = torch.zeros_like(fz).reshape(k, groups, -1)  # (K, G, S/G)
         for start in range(0, d, self.chunk):  # chunks of coordinates, not single ones
             idx = torch.arange(start, min(start + self.chunk, d), device=z.device)
             n = idx.numel()
-            nb = flat.unsqueeze(1).repeat(1, n, 1)
-            nb[:, torch.arange(n, device=z.device), idx] += step[:, idx]
-            fn = evaluate(f, nb.reshape(k * n, *fam.shape)).reshape(k, n, *fz.shape[1:])
-            diff = ((fn - fz.unsqueeze(1)) * coef[:, idx].reshape(k, n, *tail)).detach()
-            term = term + (diff * dmu[idx].reshape(1, n, *tail)).sum(1)
-        return average(fz + term, weights)
+            onehot = torch.nn.functional.one_hot(idx, d).to(z.dtype).reshape(1, n, 1, d)
+            nb = flat.unsqueeze(1) + step.unsqueeze(1) * onehot  # (K, n, G, D)
+            fn = evaluate(f, nb.reshape(k * n, *fam.shape)).reshape(k, n, groups, -1)
+            base = fz.reshape(k, 1, groups, -1)
+            c = coef[:, :, idx].permute(0, 2, 1).unsqueeze(-1)  # (K, n, G, 1)
+            # per entry: (K, n, G, 1), entry g's cost against its own coordinate; otherwise
+            # (K, n, 1, S), every output against every coordinate
+            diff = ((fn - base) * c).detach()
+            term = term + (diff * dmu[:, idx].T.unsqueeze(-1)).sum(1)
+        return average(fz + term.reshape(fz.shape), weights)
