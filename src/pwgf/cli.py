@@ -11,6 +11,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "exact vs estimated gradients of every estimator on small problems"),
     "estimators": ("estimators", "the estimator table: families, cost, bias, options"),
+    "diagnose": ("diagnose", "bias, variance, cosine, f-evaluations and time vs exact answers"),
+    "toy": ("toy", "the one-Bernoulli toy of REBAR/RELAX/ARM: sigma(phi) and gradient variance"),
+    "polynomial": ("polynomial", "ReinMax's polynomial programming benchmark, final loss"),
+    "bench": ("bench", "time per forward+backward vs plain autograd; storchastic comparison"),
     "vae": ("vae", "Bernoulli VAE on MNIST-static / MNIST / Fashion-MNIST through an estimator"),
     "vae-table": ("vae_table", "Table 2 grid (estimators x architectures), resumable"),
     "poisson-gan": ("poisson_gan", "paper §3.1: Poisson rate learnt by a GAN (Table 1, Fig. 3)"),
