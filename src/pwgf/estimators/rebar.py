@@ -206,7 +206,13 @@ class Rebar(Estimator):
             )
         value, grads = self._pending_value, self._pending_grads
         self._pending_value, self._pending_grads = None, {}
-        pull = sum(((p * g.to(p)).sum() for p, g in grads.items()), start=value.new_zeros(()))
+        # every trainable parameter takes part (with a zero gradient where a step was dropped),
+        # so the result can always be backpropagated on its own
+        params = [p for p in self.parameters() if p.requires_grad]
+        pull = sum(
+            ((p * grads[p].to(p)).sum() if p in grads else (p * 0).sum() for p in params),
+            start=value.new_zeros(()),
+        )
         return value + (pull - pull.detach()).to(value)
 
     def clear_variance_loss(self) -> None:

@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-run-seconds",
         type=float,
-        default=300.0,
-        help="skip an (estimator, p) run predicted (from its first steps) to take longer (300)",
+        default=60.0,
+        help="skip an (estimator, p) run predicted (from its first steps) to take longer (60)",
     )
     parser.add_argument("--record-every", type=int, default=50, help="loss curve every N (50)")
     parser.add_argument("--estimators", default=None, help="comma-separated names (all)")
@@ -133,7 +133,7 @@ def run_one(name: str, p: float, args: argparse.Namespace, seed: int) -> dict[st
         "curve": torch.stack(curve).tolist(),  # (n, seeds)
         "wall_seconds": time.perf_counter() - t0,
         "f_evals_per_step": counter.rows / args.steps,  # each on all seeds
-        "skipped_tuning_steps": skipped_tuning,
+        "skipped_tuning_steps": skipped_tuning + getattr(est, "skipped_tuning_steps", 0),
     }
 
 

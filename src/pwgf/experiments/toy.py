@@ -132,7 +132,7 @@ def run_estimator(name: str, args: argparse.Namespace, t: Tensor, quiet: bool) -
             x if math.isfinite(x) else None for x in torch.log10(var.mean((0, 1))).tolist()
         ],
         "wall_seconds": time.perf_counter() - t0,
-        "skipped_tuning_steps": skipped,
+        "skipped_tuning_steps": skipped + getattr(est, "skipped_tuning_steps", 0),
         **extra,
     }
 
