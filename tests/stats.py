@@ -33,3 +33,16 @@ def draw_gradients(est, f, make, param: torch.Tensor, draws: int, k: int) -> tor
         (g,) = torch.autograd.grad(loss, leaf)
         out.append(g)
     return torch.stack(out)
+
+
+def row_draws(est, f, make, param, rows, k):
+    """``rows`` independent estimates from one call: ``rows`` copies of the problem form the batch
+    of one distribution and f acts row by row (output r depends only on row r). Valid because
+    output r is credited only to row r's atoms (score-function terms, default ``joint_score``)
+    or reaches only row r (pathwise terms), and rows use independent randomness; so row r's
+    gradient is distributed as one K-sample estimate of the single problem."""
+    leaf = param.expand(rows, *param.shape).clone().requires_grad_(True)
+    out = est.surrogate(f, make(leaf), n_samples=k)
+    assert out.shape == (rows,)
+    (g,) = torch.autograd.grad(out.sum(), leaf)
+    return g, out.detach()

@@ -28,15 +28,6 @@ ELL = 0.7
 F64 = torch.float64  # module-level tensors are made before conftest sets the default
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is faster, above all on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def h(y):  # nonlinear cost of one relaxed coordinate
     return torch.exp(1.5 * y) + torch.sin(4 * y)
 

@@ -22,15 +22,6 @@ from pwgf.errors import PWGFError, UnsupportedFamilyError
 NAMES = ["rebar", "relax"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add overhead (and spin on a shared 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 R = 12000  # independent rows per unbiasedness check
 
 # -- problems ------------------------------------------------------------------------------------

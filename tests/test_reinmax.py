@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from stats import assert_mean_matches, draw_gradients
+from stats import assert_mean_matches, draw_gradients, row_draws
 from torch.distributions import Bernoulli, Independent, OneHotCategorical, Poisson
 
 import pwgf
@@ -13,28 +13,6 @@ import pwgf
 CAT_LOGITS = torch.tensor([[0.2, -1.0, 0.5], [1.0, 0.0, -0.3]], dtype=torch.float64)
 BERN_LOGITS = torch.tensor([-1.2, 0.4, 2.0], dtype=torch.float64)
 W3 = torch.tensor([[0.0, 1.5, -0.7], [0.3, 0.0, 1.1], [-0.8, 0.6, 0.0]], dtype=torch.float64)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: one intra-op thread is faster, above all on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def row_draws(est, f, make, param, rows, k):
-    """``rows`` independent estimates from one call: ``rows`` copies of the problem form the batch
-    of one distribution and f acts row by row (output r depends only on row r). Valid because
-    output r is credited only to row r's atoms (score-function terms, default ``joint_score``)
-    or reaches only row r (pathwise terms), and rows use independent randomness; so row r's
-    gradient is distributed as one K-sample estimate of the single problem."""
-    leaf = param.expand(rows, *param.shape).clone().requires_grad_(True)
-    out = est.surrogate(f, make(leaf), n_samples=k)
-    assert out.shape == (rows,)
-    (g,) = torch.autograd.grad(out.sum(), leaf)
-    return g, out.detach()
 
 
 def f_bern(z):  # nonlinear, with interactions

@@ -222,3 +222,15 @@ def fmt(x: float | None, spec: str = ".3g", width: int = 9) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-".rjust(width)
     return format(x, spec).rjust(width)
+
+
+def with_threads(threads: int | None, fn: Callable[[], int]) -> int:
+    """``fn()`` with torch's intra-op threads set to ``threads`` (unchanged for None or 0), and
+    restored afterwards: tiny tensors run faster on one thread, above all on a busy machine."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(old)

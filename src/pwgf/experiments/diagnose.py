@@ -446,13 +446,7 @@ def plot(rows: list[dict[str, Any]], problems: list[Problem], out: Path) -> list
 
 # -- the command -----------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(threads)
+    return dk.with_threads(args.threads, lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -42,6 +42,8 @@ from torch.distributions import Poisson
 import pwgf
 from pwgf.registry import resolve
 
+from . import diagkit as dk
+
 #: Table 1 of Cheng, Liu, Li, Shen, Henao & Carin, "Straight-Through Estimator as Projected
 #: Wasserstein Gradient Flow", arXiv 1910.02176 (2019), §3.1: mean and std of the inferred λ
 #: after training (data rate 5). Keys are this library's estimator names.
@@ -583,13 +585,7 @@ def plot_curves(path: Path, ckpts: dict, settings: dict) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    threads = torch.get_num_threads()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(threads)
+    return dk.with_threads(max(args.threads, 0), lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:

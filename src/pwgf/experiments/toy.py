@@ -177,13 +177,7 @@ def run(args: argparse.Namespace) -> int:
     if args.full:
         for key, value in FULL.items():
             setattr(args, key, value)
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(threads)
+    return dk.with_threads(args.threads, lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
