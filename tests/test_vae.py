@@ -232,6 +232,7 @@ def test_vae_table_small_grid(data_dir, tmp_path, capsys):
     assert "Table 2" in text and "(119.1)" in text and "8 steps" in text
     assert "no-such-estimator (not registered" in text
     assert (out / "table2.md").exists()
+    assert (out / "table2_curves.png").stat().st_size > 0
     report = json.loads((out / "table2.json").read_text())
     done = [c for c in report["cells"] if c["test_neg_elbo"] is not None]
     assert len(done) == (3 if registered else 2)

@@ -18,6 +18,7 @@ data, no evaluation) and prints steps/s and what the grid would cost.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -451,4 +452,46 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.benchmark}.md").write_text(text + "\n")
     (args.out / f"{args.benchmark}.json").write_text(json.dumps(report, indent=1))
+    if plot_curves(args.out, cells, args.out / f"{args.benchmark}_curves.png"):
+        print(f"wrote {args.out / (args.benchmark + '_curves.png')}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def plot_curves(out: Path, cells: list[tuple[str, str, str]], path: Path) -> bool:
+    """Validation negative ELBO against the step, one panel per (dataset, architecture), one
+    line per estimator, from the cells' history.csv; False without matplotlib or data."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = list(dict.fromkeys((ds, arch) for ds, arch, _ in cells))
+    curves: dict[tuple[str, str], list[tuple[str, list[float], list[float]]]] = {}
+    for ds, arch, est in cells:
+        hist = cell_dir(out, ds, arch, est) / "history.csv"
+        if not hist.exists():
+            continue
+        with open(hist) as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("valid_neg_elbo")]
+        rows = [r for r in rows if int(r["step"]) > 0]  # step 0 dwarfs the rest
+        if rows:
+            xs = [int(r["step"]) for r in rows]
+            ys = [float(r["valid_neg_elbo"]) for r in rows]
+            curves.setdefault((ds, arch), []).append((est, xs, ys))
+    if not curves:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], panels, strict=True):
+        for est, xs, ys in curves.get(key, []):
+            ax.plot(xs, ys, label=est)
+        ax.set_title(f"{key[0]} {key[1]}", fontsize=10)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation negative ELBO (nats)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
