@@ -234,3 +234,14 @@ def with_threads(threads: int | None, fn: Callable[[], int]) -> int:
         return fn()
     finally:
         torch.set_num_threads(old)
+
+
+def add_common_arguments(parser: Any, out_help: str, threads: bool = True) -> None:
+    """The options every diagnostic command shares: estimators, seed, threads, output."""
+    parser.add_argument("--estimators", default=None, help="comma-separated names (all)")
+    parser.add_argument("--seed", type=int, default=0)
+    if threads:
+        parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    parser.add_argument("--out", type=Path, default=None, help=out_help)
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")

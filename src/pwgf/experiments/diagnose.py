@@ -68,14 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated problem kinds to run: bernoulli,categorical,poisson,toy (all)",
     )
-    parser.add_argument("--estimators", default=None, help="comma-separated names (all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: the problems are tiny)"
-    )
-    parser.add_argument("--out", type=Path, default=None, help="write CSV, JSON, PNG to DIR")
-    parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    dk.add_common_arguments(parser, "write CSV, JSON, PNG to DIR")
 
 
 # -- problems --------------------------------------------------------------------------------------

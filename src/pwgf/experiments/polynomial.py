@@ -51,12 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip an (estimator, p) run predicted (from its first steps) to take longer (60)",
     )
     parser.add_argument("--record-every", type=int, default=50, help="loss curve every N (50)")
-    parser.add_argument("--estimators", default=None, help="comma-separated names (all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
-    parser.add_argument("--out", type=Path, default=None, help="write JSON and plot to DIR")
-    parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    dk.add_common_arguments(parser, "write JSON and plot to DIR")
 
 
 def cost(p: float):

@@ -46,12 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--estimator-lr", type=float, default=1e-3, help="Adam, learnable estimators (1e-3)"
     )
-    parser.add_argument("--estimators", default=None, help="comma-separated names (all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
-    parser.add_argument("--out", type=Path, default=None, help="write toy.json and plots to DIR")
-    parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    dk.add_common_arguments(parser, "write toy.json and plots to DIR")
 
 
 def cost(t: Tensor):
