@@ -96,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--estimators",
         default=None,
         help="comma-separated (benchmark's set); NAME:key=value passes estimator options, "
-        "e.g. pwgf:bandwidth=std",
+        "e.g. pwgf:step=0.5",
     )
     parser.add_argument("--archs", default=None, help="comma-separated (benchmark's set)")
     parser.add_argument("--datasets", default=None, help="comma-separated (benchmark's set)")
