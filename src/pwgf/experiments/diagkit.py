@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -196,17 +197,33 @@ def _csv_value(v: Any) -> Any:
     return "" if v is None else v
 
 
-def pyplot():
-    """matplotlib.pyplot with the Agg backend, or None (with a message) if not installed."""
+def pyplot(quiet: bool = False):
+    """matplotlib.pyplot with the Agg backend, or None (with a message unless ``quiet``) if not
+    installed: plots are optional, the numbers are written either way."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: no plots (pip install 'pwgf[plots]')", file=sys.stderr)
+        if not quiet:
+            print(
+                "matplotlib is not installed: no plots (pip install 'pwgf[plots]')",
+                file=sys.stderr,
+            )
         return None
     return plt
+
+
+def save_figure(fig: Any, path: Path, dpi: int) -> None:
+    """Write ``fig`` to ``path`` through a temporary file, so an interrupted run never leaves a
+    half-written PNG where a finished one was, and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def colours(names: list[str]) -> dict[str, Any]:

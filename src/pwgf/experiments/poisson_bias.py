@@ -39,7 +39,6 @@ import argparse
 import csv
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +51,7 @@ from torch.distributions import Poisson
 import pwgf
 from pwgf.truncation import poisson_grid
 
+from . import diagkit as dk
 from .poisson_gan import save_png
 
 COSTS: dict[str, tuple[str, Callable[[float], Callable[[Tensor], Tensor]]]] = {
@@ -362,13 +362,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def plot(path: Path, rows: list[dict], weights: dict | None) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'pwgf[plots]')", file=sys.stderr)
+    plt = dk.pyplot()
+    if plt is None:
         return False
     costs = list(dict.fromkeys(r["cost"] for r in rows))
     bws = ("0.5", "1", "2", "std", "std*2")

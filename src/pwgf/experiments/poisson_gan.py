@@ -533,13 +533,8 @@ def save_png(fig: object, path: Path, dpi: int = 80) -> None:
 
 
 def plot_curves(path: Path, ckpts: dict, settings: dict) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'pwgf[plots]')", file=sys.stderr)
+    plt = dk.pyplot()
+    if plt is None:
         return False
     names = list(ckpts)
     cols = min(3, len(names))

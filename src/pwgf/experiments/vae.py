@@ -39,6 +39,7 @@ from torch import nn
 
 import pwgf
 
+from . import diagkit as dk
 from . import vae_variance
 from .data import BINARIZATIONS, DATASETS, DataError, Dataset, load_dataset
 from .vae_model import ARCHS, BernoulliVAE
@@ -335,12 +336,8 @@ def write_history_csv(history: list[dict[str, Any]], path: Path) -> None:
 
 def plot_curves(history: list[dict[str, Any]], cfg: dict[str, Any], path: Path) -> bool:
     """Learning curves; False if matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = dk.pyplot(quiet=True)
+    if plt is None:
         return False
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -374,10 +371,7 @@ def plot_curves(history: list[dict[str, Any]], cfg: dict[str, Any], path: Path) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    dk.save_figure(fig, path, dpi=110)
     return True
 
 

@@ -33,6 +33,8 @@ import torch
 import pwgf
 from pwgf.registry import resolve
 
+from . import diagkit as dk
+
 #: Table 2 of Cheng, Liu, Li, Shen, Henao & Carin, "Straight-Through Estimator as Projected
 #: Wasserstein Gradient Flow", arXiv 1910.02176 (2019), appendix E: test negative ELBO (nats) of a
 #: Bernoulli VAE on statically binarised MNIST, ARM's settings (1200 epochs, batch 50). The
@@ -460,12 +462,8 @@ def run(args: argparse.Namespace) -> int:
 def plot_curves(out: Path, cells: list[tuple[str, str, str]], path: Path) -> bool:
     """Validation negative ELBO against the step, one panel per (dataset, architecture), one
     line per estimator, from the cells' history.csv; False without matplotlib or data."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = dk.pyplot(quiet=True)
+    if plt is None:
         return False
     panels = list(dict.fromkeys((ds, arch) for ds, arch, _ in cells))
     curves: dict[tuple[str, str], list[tuple[str, list[float], list[float]]]] = {}

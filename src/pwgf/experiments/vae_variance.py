@@ -12,7 +12,6 @@ seed, so training is unchanged whether it is on or off.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import nn
 
 import pwgf
 
+from . import diagkit as dk
 from .vae_model import BernoulliVAE
 
 
@@ -81,12 +81,8 @@ def plot(history: list[dict[str, Any]], title: str, path: Path) -> bool:
     keys = sorted({k for h in history for k in h if k.startswith("var_")})
     if not keys:
         return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = dk.pyplot(quiet=True)
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for key in keys:
@@ -99,8 +95,5 @@ def plot(history: list[dict[str, Any]], title: str, path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    dk.save_figure(fig, path, dpi=110)
     return True
