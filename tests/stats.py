@@ -46,3 +46,16 @@ def row_draws(est, f, make, param, rows, k):
     assert out.shape == (rows,)
     (g,) = torch.autograd.grad(out.sum(), leaf)
     return g, out.detach()
+
+
+class Decoder(torch.nn.Module):
+    """A cost with a parameter of its own, for checking that the surrogate's gradient for f's
+    parameters is the ordinary one of E[f]: samples (K, ...) flattened to (K, d)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.linspace(-1, 1, d))
+
+    def forward(self, z):
+        z = z.reshape(z.shape[0], -1)
+        return torch.tanh(z @ self.w + 0.3).pow(2) + (z * self.w).sum(-1) ** 2 / 4

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from stats import assert_mean_matches, draw_gradients, row_draws
+from stats import Decoder, assert_mean_matches, draw_gradients, row_draws
 from torch.distributions import Bernoulli, Independent, OneHotCategorical, Poisson
 
 import pwgf
@@ -141,15 +141,6 @@ def test_surrogate_value_is_monte_carlo_mean_of_f(name):
     est = pwgf.get_estimator(name)
     _, vals = row_draws(est, f_interact, make, param, rows=1000, k=3)
     assert_mean_matches(vals, pwgf.exact_expectation(f_interact, make(param)))
-
-
-class Decoder(torch.nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.linspace(-1, 1, d))
-
-    def forward(self, z):
-        return torch.tanh(z @ self.w + 0.3).pow(2) + (z * self.w).sum(-1) ** 2 / 4
 
 
 @pytest.mark.parametrize("name", NAMES)

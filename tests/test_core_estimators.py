@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from stats import assert_mean_matches, draw_gradients
+from stats import Decoder, assert_mean_matches, draw_gradients
 from torch.distributions import Bernoulli, Independent, OneHotCategorical, Poisson
 
 import pwgf
@@ -66,15 +66,6 @@ def test_st_is_biased_where_f_is_nonlinear_and_exact_where_linear():
         pwgf.estimator_expectation(st, linear, prob.dist()),
         pwgf.exact_gradient(linear, prob.dist()),
     )
-
-
-class Decoder(torch.nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.linspace(-1, 1, d))
-
-    def forward(self, z):
-        return torch.tanh(z @ self.w + 0.3).pow(2) + (z * self.w).sum(-1) ** 2 / 4
 
 
 @pytest.mark.parametrize("name", ["st", "pwgf", "reinforce", "reinforce-loo", "mvd"])

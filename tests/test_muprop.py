@@ -7,7 +7,7 @@ means must match within 5 standard errors estimated from the draws.
 
 import pytest
 import torch
-from stats import assert_mean_matches, draw_gradients, row_draws
+from stats import Decoder, assert_mean_matches, draw_gradients, row_draws
 from torch.distributions import Bernoulli, Independent, OneHotCategorical, Poisson
 
 import pwgf
@@ -162,16 +162,6 @@ def test_surrogate_value_is_monte_carlo_mean_of_f():
     est = pwgf.get_estimator("muprop")
     _, vals = row_draws(est, fs[0], make, param, rows=1000, k=3)
     assert_mean_matches(vals, pwgf.exact_expectation(fs[0], make(param)))
-
-
-class Decoder(torch.nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.linspace(-1, 1, d))
-
-    def forward(self, z):
-        z = z.reshape(z.shape[0], -1)
-        return torch.tanh(z @ self.w + 0.3).pow(2) + (z * self.w).sum(-1) ** 2 / 4
 
 
 @pytest.mark.parametrize("case", ["bernoulli-logits", "categorical-logits", "poisson"])

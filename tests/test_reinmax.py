@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from stats import assert_mean_matches, draw_gradients, row_draws
+from stats import Decoder, assert_mean_matches, draw_gradients, row_draws
 from torch.distributions import Bernoulli, Independent, OneHotCategorical, Poisson
 
 import pwgf
@@ -147,16 +147,6 @@ def test_bernoulli_is_the_two_class_categorical(tau):
     )
     torch.testing.assert_close(mean_b, mean_c[:, 1], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(mean_c.sum(-1), torch.zeros(3), atol=1e-14, rtol=0)
-
-
-class Decoder(torch.nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.linspace(-1, 1, d))
-
-    def forward(self, z):
-        z = z.reshape(z.shape[0], -1)
-        return torch.tanh(z @ self.w + 0.3).pow(2) + (z * self.w).sum(-1) ** 2 / 4
 
 
 @pytest.mark.parametrize("case", ["categorical-logits", "bernoulli-logits"])
