@@ -19,6 +19,10 @@ from torch.distributions import Bernoulli, Independent, OneHotCategorical, Poiss
 import pwgf
 from pwgf.errors import PWGFError, UnsupportedFamilyError
 
+# Several tests draw many surrogates in training mode without tuning, on purpose; the warning that
+# says so is tested in tests/test_hardening.py.
+pytestmark = pytest.mark.filterwarnings("ignore::pwgf.errors.UntunedEstimatorWarning")
+
 NAMES = ["rebar", "relax"]
 
 

@@ -36,3 +36,24 @@ class TooLargeToEnumerateError(PWGFError):
 
 class NeedsCostFunctionError(PWGFError):
     """``pwgf.sample`` was asked for an estimator that must evaluate f itself."""
+
+
+class BoundaryError(InvalidParameterError):
+    """A parameter on the boundary of its range (a Bernoulli probability of exactly 0 or 1, a zero
+    categorical probability, a Poisson rate of 0) where the estimator's formula is degenerate;
+    the message names the estimators that handle it."""
+
+
+class StaleDistributionError(PWGFError):
+    """The distribution was built from tensors that have changed since (an optimiser step): its
+    parameter is an out-of-date copy. Build the distribution afresh at every step."""
+
+
+class CompileUnsupportedError(PWGFError):
+    """The estimator cannot run inside ``torch.compile`` in this configuration; the message says
+    why and what to do instead."""
+
+
+class UntunedEstimatorWarning(UserWarning):
+    """A learnable estimator computed surrogates for tuning, but ``variance_loss()`` was never
+    called, so its parameters are never tuned."""

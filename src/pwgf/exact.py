@@ -5,12 +5,19 @@ coordinates, C^D for D categoricals, and for Poisson the product of the truncate
 :mod:`pwgf.truncation` (tail mass below ``tail`` per coordinate). Configurations are evaluated
 in chunks, so memory stays bounded; a problem with more than ``max_configs`` configurations is
 refused with an error rather than attempted.
+
+The gradients are bitwise reproducible between identical calls (for a deterministic f), with any
+number of threads: the probability of a configuration is a one-hot product rather than an indexed
+gather, whose backward (an accumulating scatter) sums in a thread-dependent order. They work under
+``torch.no_grad()`` and ``torch.inference_mode()`` too (their graph is internal).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import wraps
+from typing import ParamSpec, TypeVar
 
 import torch
 from torch import Tensor
@@ -22,6 +29,27 @@ from .truncation import DEFAULT_TAIL
 
 DEFAULT_MAX_CONFIGS = 2**22
 DEFAULT_CHUNK = 8192
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _with_grad(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` with autograd on, even inside ``no_grad`` or ``inference_mode``; it returns
+    detached results, built from its own leaf copy of the parameter."""
+
+    @wraps(fn)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def _leaf_family(fam: Family) -> tuple[Family, Tensor]:
+    # clone() outside inference mode turns an inference tensor into a normal one
+    leaf = fam.param.detach().clone().requires_grad_(True)
+    return fam.rebuild(leaf), leaf
 
 
 def _configurations(
@@ -45,9 +73,11 @@ def _configurations(
     for start in range(0, total, chunk):
         idx = torch.arange(start, min(start + chunk, total), device=fam.device)
         digits = (idx.unsqueeze(1) // strides) % m  # (n, A)
-        z = values[atoms, digits]  # (n, A, V)
+        z = values[atoms, digits]  # (n, A, V), detached
         z = fam.from_atoms(z.reshape(len(idx), *fam.atom_shape, -1))
-        yield z, probs[atoms, digits].prod(-1)
+        # Σ_m 1[d = m] p_m rather than p[atoms, digits]: same values, a deterministic backward
+        onehot = torch.nn.functional.one_hot(digits, m).to(probs.dtype)  # (n, A, M)
+        yield z, (onehot * probs).sum(-1).prod(-1)
 
 
 def exact_expectation(
@@ -58,7 +88,25 @@ def exact_expectation(
     chunk: int = DEFAULT_CHUNK,
     tail: float = DEFAULT_TAIL,
 ) -> Tensor:
-    """``E[f(z)]`` by enumeration, shape ``S``; differentiable in θ and in f's parameters."""
+    """``E[f(z)] = Σ_z p_θ(z) f(z)`` by enumeration of the joint support.
+
+    Args:
+        f: the cost, samples ``(K, *dist.batch_shape, *dist.event_shape)`` -> costs ``(K, *S)``;
+            called on chunks of the support, K = the chunk's size.
+        dist: a ``Bernoulli``, ``OneHotCategorical`` or ``Poisson`` (or ``Independent`` of one).
+        max_configs: refuse problems with more joint configurations than this.
+        chunk: configurations per call of ``f`` (memory stays at one chunk).
+        tail: Poisson only: the support is truncated to a window that leaves out at most this
+            mass per coordinate (:mod:`pwgf.truncation`).
+
+    Returns:
+        ``E[f(z)]``, shape ``S``, differentiable in θ and in f's parameters.
+
+    Raises:
+        TooLargeToEnumerateError: more than ``max_configs`` joint configurations.
+        UnsupportedDistributionError: ``dist`` is not one of the supported families.
+        InvalidCostError: ``f`` returns something other than a floating ``(K, *S)`` tensor.
+    """
     fam = as_family(dist)
     total = None
     for z, p in _configurations(fam, max_configs, chunk, tail):
@@ -68,6 +116,7 @@ def exact_expectation(
     return total
 
 
+@_with_grad
 def exact_gradient(
     f: CostFn,
     dist: object,
@@ -76,20 +125,36 @@ def exact_gradient(
     chunk: int = DEFAULT_CHUNK,
     tail: float = DEFAULT_TAIL,
 ) -> Tensor:
-    """``∇ E[Σ_S f(z)]`` with respect to the tensor ``dist`` was built from (logits, probs or
-    rate), by enumeration; same shape as that tensor. Memory stays at one chunk's graph."""
-    fam = as_family(dist)
-    leaf = fam.param.detach().clone().requires_grad_(True)
-    fam = fam.rebuild(leaf)
+    """The exact gradient ``∇_θ E[Σ_S f(z)] = Σ_z ∇_θ p_θ(z) f(z)`` by enumeration.
+
+    θ is the tensor ``dist`` was built from (``logits``, ``probs`` or ``rate``). Memory stays at
+    one chunk's graph. This is the ground truth the estimators are tested against.
+
+    Args:
+        f: the cost, samples ``(K, *dist.batch_shape, *dist.event_shape)`` -> costs ``(K, *S)``;
+            the outputs are summed.
+        dist: a ``Bernoulli``, ``OneHotCategorical`` or ``Poisson`` (or ``Independent`` of one).
+        max_configs: refuse problems with more joint configurations than this.
+        chunk: configurations per call of ``f``.
+        tail: Poisson only: tail mass per coordinate left out of the truncated support.
+
+    Returns:
+        The gradient, detached, with θ's shape.
+
+    Raises:
+        TooLargeToEnumerateError: more than ``max_configs`` joint configurations.
+        UnsupportedDistributionError: ``dist`` is not one of the supported families.
+        InvalidCostError: ``f`` returns something other than a floating ``(K, *S)`` tensor.
+    """
+    fam, leaf = _leaf_family(as_family(dist))
     grad = torch.zeros_like(leaf)
-    with torch.enable_grad():
-        for z, p in _configurations(fam, max_configs, chunk, tail):
-            fz = evaluate(f, z)
-            loss = (p.reshape(-1, *([1] * (fz.ndim - 1))) * fz).sum()
-            (g,) = torch.autograd.grad(loss, leaf, retain_graph=True, allow_unused=True)
-            if g is not None:
-                grad += g
-    return grad
+    for z, p in _configurations(fam, max_configs, chunk, tail):
+        fz = evaluate(f, z)
+        loss = (p.reshape(-1, *([1] * (fz.ndim - 1))) * fz).sum()
+        (g,) = torch.autograd.grad(loss, leaf, retain_graph=True, allow_unused=True)
+        if g is not None:
+            grad += g
+    return grad.detach()
 
 
 def _per_sample_setup(estimator: Estimator, dist: object) -> tuple[Family, Tensor]:
@@ -98,11 +163,10 @@ def _per_sample_setup(estimator: Estimator, dist: object) -> tuple[Family, Tenso
             f"estimator '{estimator.name}' does not average per-sample terms, so its exact "
             "moments are not sums over the support"
         )
-    fam = estimator.family(dist)
-    leaf = fam.param.detach().clone().requires_grad_(True)
-    return fam.rebuild(leaf), leaf
+    return _leaf_family(estimator.family(dist))
 
 
+@_with_grad
 def estimator_expectation(
     estimator: Estimator,
     f: CostFn,
@@ -118,18 +182,35 @@ def estimator_expectation(
     (``estimator.per_sample``), ``E[ĝ] = Σ_z p_θ(z) ĝ(z)``: the support is fed to the estimator
     as its samples, weighted by their probabilities. For a biased estimator this is what its
     Monte Carlo mean converges to; for an unbiased one it equals :func:`exact_gradient`.
+
+    Args:
+        estimator: a ``per_sample`` estimator (``pwgf.get_estimator(name)``).
+        f: the cost, samples ``(K, *batch_shape, *event_shape)`` -> costs ``(K, *S)``.
+        dist: a supported distribution; θ is the tensor it was built from.
+        max_configs: refuse problems with more joint configurations than this.
+        chunk: configurations per call of ``f``.
+        tail: Poisson only: tail mass per coordinate left out of the truncated support.
+
+    Returns:
+        ``E[ĝ]``, detached, with θ's shape.
+
+    Raises:
+        PWGFError: the estimator is not ``per_sample`` (its randomness is not the sample, as
+            for ARM or the Gumbel forms): compare its Monte Carlo mean instead.
+        TooLargeToEnumerateError: more than ``max_configs`` joint configurations.
+        UnsupportedFamilyError: the estimator does not support ``dist``'s family.
     """
     fam, leaf = _per_sample_setup(estimator, dist)
     grad = torch.zeros_like(leaf)
-    with torch.enable_grad():
-        for z, p in _configurations(fam, max_configs, chunk, tail):
-            loss = estimator.surrogate_at(f, fam, z, weights=p.detach()).sum()
-            (g,) = torch.autograd.grad(loss, leaf, retain_graph=True, allow_unused=True)
-            if g is not None:
-                grad += g
-    return grad
+    for z, p in _configurations(fam, max_configs, chunk, tail):
+        loss = estimator.surrogate_at(f, fam, z, weights=p.detach()).sum()
+        (g,) = torch.autograd.grad(loss, leaf, retain_graph=True, allow_unused=True)
+        if g is not None:
+            grad += g
+    return grad.detach()
 
 
+@_with_grad
 def estimator_moments(
     estimator: Estimator,
     f: CostFn,
@@ -146,18 +227,33 @@ def estimator_moments(
     independent ones, so ``mean = Σ_z p(z) ĝ(z)`` and ``var = (Σ_z p(z) ĝ(z)² - mean²) / K``.
     The per-point estimates come from one double-backward pass per parameter coordinate:
     the surrogate is ``Σ_z w_z ℓ_z(θ)`` and ``∂²/∂w_z∂θ`` of it is ``ĝ(z)``.
+
+    Args:
+        estimator: a ``per_sample`` estimator.
+        f: the cost, samples ``(K, *batch_shape, *event_shape)`` -> costs ``(K, *S)``.
+        dist: a supported distribution; θ is the tensor it was built from.
+        n_samples: K, the samples one estimate averages.
+        max_configs: refuse problems with more joint configurations than this (the whole
+            support is one chunk here).
+        tail: Poisson only: tail mass per coordinate left out of the truncated support.
+
+    Returns:
+        ``(mean, var)``, both detached, with θ's shape.
+
+    Raises:
+        PWGFError: the estimator is not ``per_sample``.
+        TooLargeToEnumerateError: more than ``max_configs`` joint configurations.
     """
     fam, leaf = _per_sample_setup(estimator, dist)
     z, p = next(_configurations(fam, max_configs, max_configs, tail))  # one chunk: all of it
     w = p.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        loss = estimator.surrogate_at(f, fam, z, weights=w).sum()
-        (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
-        flat = g.reshape(-1)
-        rows = [
-            torch.autograd.grad(flat[i], w, retain_graph=True, allow_unused=True)[0]
-            for i in range(flat.numel())  # one pass per parameter coordinate, not per point
-        ]
+    loss = estimator.surrogate_at(f, fam, z, weights=w).sum()
+    (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
+    flat = g.reshape(-1)
+    rows = [
+        torch.autograd.grad(flat[i], w, retain_graph=True, allow_unused=True)[0]
+        for i in range(flat.numel())  # one pass per parameter coordinate, not per point
+    ]
     per_point = torch.stack([torch.zeros_like(w) if r is None else r for r in rows], -1)
     pw = p.detach().unsqueeze(-1)
     mean = (pw * per_point).sum(0)

@@ -14,6 +14,12 @@ Terms used throughout:
   scalar families and C for categorical) with their probabilities (``probs``, ``(*atom_shape, M)``).
   Expectations under p_θ are ``Σ_m probs[..., m] ψ(values[..., m, :])``, exact for Bernoulli and
   categorical, and truncated for Poisson (see :mod:`pwgf.truncation`).
+
+:func:`as_family` reads the user's parameter tensor as it is now and builds a fresh distribution
+from it, so torch's lazily cached probs/logits on the user's object (stale after an optimiser
+step) are never used; a parameter that is itself a stale copy is refused
+(:func:`pwgf.validation.check_fresh`). Value checks run only when validating
+(:mod:`pwgf.validation`).
 """
 
 from __future__ import annotations
@@ -22,25 +28,49 @@ from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical, Poisson
+from torch.distributions import (
+    Bernoulli,
+    Categorical,
+    Distribution,
+    Independent,
+    OneHotCategorical,
+    Poisson,
+)
 
-from .errors import InvalidParameterError, UnsupportedDistributionError
+from .errors import BoundaryError, InvalidParameterError, UnsupportedDistributionError
 from .kernels import Kernel
 from .truncation import DEFAULT_TAIL, poisson_grid
+from .validation import check_fresh, validates
 
 
 class Family(ABC):
-    """A discrete, factorised distribution seen the way the estimators need it."""
+    """A discrete, factorised distribution seen the way the estimators need it.
+
+    Made by :func:`as_family` from a ``torch.distributions`` object: ``Bernoulli``,
+    ``OneHotCategorical`` or ``Poisson``, optionally inside ``Independent``, built from logits,
+    probabilities or rates. ``shape`` is ``batch_shape + event_shape``; samples have shape
+    ``(K, *shape)``. ``param`` is the tensor the distribution was built from: gradients are
+    reported for it (and reach whatever produced it). An estimator reads from the family the
+    atoms' means μ(θ) and variances, samples and their log-probabilities, the kernel metric of
+    pWGF-MMD, and, for exact sums, the support grid (truncated for Poisson,
+    :mod:`pwgf.truncation`).
+    """
 
     name: str
     value_dim: int
 
-    def __init__(self, dist: Distribution, base: Distribution) -> None:
+    def __init__(
+        self, dist: Distribution, base: Distribution, validate: bool | None = None
+    ) -> None:
         self.dist = dist
         self.base = base
         self.shape = torch.Size(dist.batch_shape + dist.event_shape)
         self.batch_shape = torch.Size(dist.batch_shape)
-        self._check_parameters()
+        #: whether value checks run (:mod:`pwgf.validation`); they read tensors on the host
+        self.validate = validates(dist) if validate is None else validate
+        _check_dtype(self.param_name, self.param)
+        if self.validate:
+            self._check_parameters()
 
     # -- parameters -------------------------------------------------------------------------
     @property
@@ -66,7 +96,40 @@ class Family(ABC):
         """The same family and wrapping, built from a new parameter tensor of the same kind."""
 
     @abstractmethod
-    def _check_parameters(self) -> None: ...
+    def _check_parameters(self) -> None:
+        """Value checks (host reads), run only when :attr:`validate`."""
+
+    def boundary(self) -> Tensor | None:
+        """Atoms whose parameter lies where a score ∇ log p is degenerate, ``atom_shape`` bool:
+        a Bernoulli probability of exactly 0 or 1, a categorical with a zero probability, a
+        Poisson rate of 0. There the exact gradient still moves mass onto values the
+        distribution never draws, which a score-function estimate cannot see. ``None`` when the
+        parameterisation has no such boundary (logits: a -inf logit is a mask whose exact
+        gradient is zero)."""
+        return None
+
+    def check_interior(self, estimator: str) -> None:
+        """Refuse, with :class:`BoundaryError`, a parameter on the boundary (see
+        :meth:`boundary`) for an estimator whose formula is degenerate there. Only when
+        validating and a gradient for the parameter is wanted."""
+        if not (self.validate and torch.is_grad_enabled() and self.param.requires_grad):
+            return
+        at = self.boundary()
+        if at is None or not bool(at.any()):
+            return
+        from .registry import _load, estimators_for  # the registry imports the estimators
+
+        ok = [n for n in estimators_for(self.name) if not getattr(_load(n), "interior_only", False)]
+        raise BoundaryError(
+            f"estimator '{estimator}' cannot estimate the gradient at {self._boundary_text()} "
+            f"({int(at.sum())} of {at.numel()} atoms): the score ∇ log p is degenerate there, and "
+            "the exact gradient moves mass onto values that are never drawn, so a score-function "
+            f"estimate would be silently wrong. Estimators that handle it: {', '.join(ok)}; or "
+            "keep the parameter inside its range (build the distribution from logits)."
+        )
+
+    def _boundary_text(self) -> str:
+        return "the boundary"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -127,11 +190,14 @@ class Family(ABC):
         """
 
 
-def _check_finite(name: str, value: Tensor) -> None:
+def _check_dtype(name: str, value: Tensor) -> None:
     if not value.dtype.is_floating_point:
         raise InvalidParameterError(
             f"distribution parameter '{name}' must be a floating-point tensor, got {value.dtype}"
         )
+
+
+def _check_finite(name: str, value: Tensor) -> None:
     if not bool(torch.isfinite(value).all()):
         raise InvalidParameterError(
             f"distribution parameter '{name}' has non-finite values (nan or inf)"
@@ -153,8 +219,25 @@ class BernoulliFamily(Family):
             raise InvalidParameterError("Bernoulli 'probs' must lie in [0, 1]")
 
     def rebuild(self, param: Tensor) -> Family:
-        base = Bernoulli(**{self.param_name: param})
-        return _wrap_like(self.dist, base, BernoulliFamily)
+        base = _fresh(Bernoulli, self.param_name, param)
+        return _wrap_like(self.dist, base, BernoulliFamily, self.validate)
+
+    def boundary(self) -> Tensor | None:
+        if self.param_name == "logits":
+            return None
+        p = self.param.detach()
+        return (p == 0) | (p == 1)
+
+    def _boundary_text(self) -> str:
+        return "Bernoulli probs of exactly 0 or 1"
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        if self.param_name == "logits":
+            return self.base.log_prob(z)
+        # From the probabilities themselves: torch's clamps them to [eps, 1 - eps] first, which
+        # below eps (1.2e-7 in float32) gives a wrong score with a zero gradient.
+        p = self.base.probs
+        return torch.where(z > 0.5, torch.log(p), torch.log1p(-p))
 
     def mean(self) -> Tensor:
         return self.base.probs
@@ -214,8 +297,16 @@ class CategoricalFamily(Family):
             raise InvalidParameterError("OneHotCategorical needs at least 2 categories")
 
     def rebuild(self, param: Tensor) -> Family:
-        base = OneHotCategorical(**{self.param_name: param})
-        return _wrap_like(self.dist, base, CategoricalFamily)
+        base = _fresh(OneHotCategorical, self.param_name, param)
+        return _wrap_like(self.dist, base, CategoricalFamily, self.validate)
+
+    def boundary(self) -> Tensor | None:
+        if self.param_name == "logits":
+            return None
+        return (self.param.detach() == 0).any(-1)
+
+    def _boundary_text(self) -> str:
+        return "a OneHotCategorical with probs of exactly 0 (use -inf logits to mask a category)"
 
     def mean(self) -> Tensor:
         return self.base.probs
@@ -263,7 +354,14 @@ class PoissonFamily(Family):
             raise InvalidParameterError("Poisson 'rate' must be non-negative")
 
     def rebuild(self, param: Tensor) -> Family:
-        return _wrap_like(self.dist, Poisson(param), PoissonFamily)
+        base = _fresh(Poisson, "rate", param)
+        return _wrap_like(self.dist, base, PoissonFamily, self.validate)
+
+    def boundary(self) -> Tensor | None:
+        return self.param.detach() == 0
+
+    def _boundary_text(self) -> str:
+        return "a Poisson rate of exactly 0"
 
     def mean(self) -> Tensor:
         return self.base.rate
@@ -278,12 +376,20 @@ class PoissonFamily(Family):
         return v.squeeze(-1)
 
     def _pmf(self, x: Tensor, rate: Tensor) -> Tensor:
-        # exp(x log λ - λ - log x!), with xlogy so that λ = 0 gives the point mass at 0. The
-        # three terms are O(λ) and cancel to O(log λ): float32 would lose 1e-3 of the mass at
-        # λ = 1e4, so the sum is formed in float64 and the result cast back.
+        # exp(x log λ - λ - log x!). The three terms are O(λ) and cancel to O(log λ): float32
+        # would lose 1e-3 of the mass at λ = 1e4, so the sum is formed in float64 and the result
+        # cast back. At λ = 0, x log λ has an infinite derivative (0·∞ = nan in the chain rule),
+        # so there the pmf is its first-order expansion, e^{-λ} at 0, λe^{-λ} at 1, O(λ²) beyond:
+        # the point mass at 0 with the right derivative ∂_λ p(x) = p(x - 1) - p(x).
         lam, xd = rate.unsqueeze(-1).double(), x.double()
-        log_p = torch.special.xlogy(xd, lam) - lam - torch.lgamma(xd + 1)
-        pmf = torch.where(xd >= 0, torch.exp(log_p), torch.zeros_like(log_p))
+        pos = lam > 0
+        safe = torch.where(pos, lam, torch.ones_like(lam))
+        log_p = torch.special.xlogy(xd, safe) - safe - torch.lgamma(xd.clamp(min=0) + 1)
+        decay = torch.exp(-lam)
+        zero = torch.zeros_like(log_p)
+        at_zero = torch.where(xd == 0, decay, torch.where(xd == 1, lam * decay, zero))
+        pmf = torch.where(pos, torch.exp(log_p), at_zero)
+        pmf = torch.where(xd >= 0, pmf, zero)
         return pmf.to(rate.dtype)
 
     def grid(self, tail: float = DEFAULT_TAIL) -> tuple[Tensor, Tensor]:
@@ -292,8 +398,15 @@ class PoissonFamily(Family):
         return x.unsqueeze(-1), self._pmf(x, rate)
 
     def kernel_metric(self, kernel: Kernel, h: Tensor, tail: float = DEFAULT_TAIL) -> Tensor:
-        # G = 2 Σ_{x,x'} ∂p(x) ∂p(x') κ(x, x'), with ∂_λ p(x) = p(x-1) - p(x).
+        # G = 2 Σ_{x,x'} ∂p(x) ∂p(x') κ(x, x'), with ∂_λ p(x) = p(x-1) - p(x). Linear kernel:
+        # 2 (∂_λ E x)² = 2; RBF: pwgf.poisson_kernel, at a cost independent of the rate.
         rate = self.base.rate.detach()
+        if kernel.name == "linear":
+            return torch.full_like(rate, 2.0)
+        if kernel.name == "rbf":
+            from .poisson_kernel import rbf_metric
+
+            return rbf_metric(rate, h, tail)
         x = poisson_grid(rate, tail)
         dp = self._pmf(x - 1, rate) - self._pmf(x, rate)
         h = torch.as_tensor(h, dtype=x.dtype, device=x.device).expand(rate.shape)
@@ -322,7 +435,9 @@ def _unwrap(dist: object) -> Distribution:
     return base  # type: ignore[return-value]
 
 
-def _wrap_like(template: Distribution, base: Distribution, cls: type[Family]) -> Family:
+def _wrap_like(
+    template: Distribution, base: Distribution, cls: type[Family], validate: bool
+) -> Family:
     # Rebuild the stack of Independent wrappers the user had, innermost first.
     wrappers = []
     d = template
@@ -331,12 +446,54 @@ def _wrap_like(template: Distribution, base: Distribution, cls: type[Family]) ->
         d = d.base_dist
     dist = base
     for ndims in reversed(wrappers):
-        dist = Independent(dist, ndims)
-    return cls(dist, base)
+        dist = Independent(dist, ndims, validate_args=False)
+    return cls(dist, base, validate)
+
+
+def _fresh(kind: type[Distribution], name: str, param: Tensor) -> Distribution:
+    """A new, unchecked distribution of ``kind`` built from ``param``: its derived parameters
+    (probs from logits, logits from probs) are computed now, from the tensor's current value,
+    never taken from a cache filled before an optimiser step."""
+    if kind is OneHotCategorical:
+        # as OneHotCategorical.__init__, whose inner Categorical would ignore validate_args
+        base = OneHotCategorical.__new__(OneHotCategorical)
+        base._categorical = Categorical(**{name: param}, validate_args=False)
+        shape = base._categorical.batch_shape, base._categorical.param_shape[-1:]
+        Distribution.__init__(base, *shape, validate_args=False)
+    else:
+        base = kind(**{name: param}, validate_args=False)
+    if name == "probs":
+        # torch derives logits from probs clamped to [eps, 1 - eps], which is wrong, with a zero
+        # gradient, below eps (1.2e-7 in float32); clamp only to the normal range, so that only
+        # probabilities of exactly 0 or 1 (refused where that matters) are moved.
+        owner = base._categorical if kind is OneHotCategorical else base
+        p = owner._param
+        info = torch.finfo(p.dtype)
+        if kind is OneHotCategorical:
+            logits = torch.log(p.clamp(min=info.tiny))
+        else:
+            q = p.clamp(min=info.tiny, max=1 - info.eps / 2)
+            logits = torch.log(q) - torch.log1p(-q)
+        owner.__dict__["logits"] = logits  # fills torch's lazy_property cache
+    return base
 
 
 def as_family(dist: object) -> Family:
-    """Wrap ``dist`` as a :class:`Family`, or raise a clear error naming what is supported."""
+    """Wrap ``dist`` as a :class:`Family`.
+
+    Args:
+        dist: ``Bernoulli``, ``OneHotCategorical`` or ``Poisson``, optionally inside
+            ``Independent``.
+
+    Returns:
+        The family; a :class:`Family` is returned unchanged.
+
+    Raises:
+        UnsupportedDistributionError: any other distribution (the message names the supported
+            ones).
+        InvalidParameterError: non-finite or out-of-range parameters, when validation is on
+            (:mod:`pwgf.validation`).
+    """
     if isinstance(dist, Family):
         return dist
     if not isinstance(dist, Distribution):
@@ -349,4 +506,11 @@ def as_family(dist: object) -> Family:
         raise UnsupportedDistributionError(
             f"unsupported distribution {type(base).__name__}; pwgf handles {SUPPORTED}"
         )
-    return cls(dist, base)
+    # The user's distribution is read, never used: its parameter tensor is taken as it is now
+    # and a fresh distribution built from it (see _fresh and pwgf.validation).
+    validate = validates(dist)
+    user = cls(dist, base, validate=False)
+    param = user.param
+    if validate:
+        check_fresh(dist, param, user.name)
+    return _wrap_like(dist, _fresh(type(base), user.param_name, param), cls, validate)

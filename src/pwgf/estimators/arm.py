@@ -33,6 +33,8 @@ class ARM(Estimator):
     name = "arm"
     families = ("bernoulli",)
     biased = False
+    #: at probs of exactly 0 or 1 the antithetic pair never differs: refused there
+    interior_only = True
     per_sample = False  # the randomness is u, not the discrete sample
     evaluations = "2 f"
     option_docs = {
@@ -56,6 +58,7 @@ class ARM(Estimator):
         self, f: CostFn, fam: Family, z: Tensor, weights: Tensor | None = None
     ) -> Tensor:
         # ``z`` is the noise u drawn by ``draw``.
+        fam.check_interior(self.name)
         k = z.shape[0]
         logits = fam.base.logits
         b1, b2, coef = self.pair(fam.base.probs.detach(), logits.detach(), z)

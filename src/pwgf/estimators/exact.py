@@ -24,7 +24,7 @@ class Exact(Estimator):
         self.tail = tail
 
     def draw(self, fam: Family, n: int) -> Tensor:
-        return fam.mean().detach()[:0]  # no randomness
+        return fam.mean().detach().reshape(-1)[:0]  # no randomness
 
     def surrogate_at(
         self, f: CostFn, fam: Family, z: Tensor, weights: Tensor | None = None

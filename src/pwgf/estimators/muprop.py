@@ -41,11 +41,15 @@ from .base import CostFn, Estimator, average, evaluate, per_output
 BASELINES = (None, "loo")
 
 
+@torch.compiler.disable
 def linear_term(f: CostFn, x: Tensor, t: Tensor) -> Tensor:
     """The Jacobian-vector product ``J_f(x) t`` of every output (detached), shape ``(K, *S)``.
 
     Forward mode when f supports it; otherwise the double-backward trick: the vector-Jacobian
     product ``u(v) = J_f(x)ᵀ v`` is linear in v, so ``J_f(x) t = ∇_v ⟨u(v), t⟩``.
+
+    Under ``torch.compile`` this runs eagerly (a graph break): neither forward mode nor double
+    backward can be traced by aot_autograd, and the product is detached, so nothing is lost.
     """
     try:
         with torch.no_grad(), fwad.dual_level():
@@ -75,6 +79,8 @@ def linear_term(f: CostFn, x: Tensor, t: Tensor) -> Tensor:
 class MuProp(Estimator):
     name = "muprop"
     biased = False
+    #: the score ∇ log p is degenerate on the parameter's boundary: refused there
+    interior_only = True
     per_sample = True
     evaluations = "1 f, 1 JVP of f at μ (+2 f per call)"
     option_docs = {
@@ -94,6 +100,7 @@ class MuProp(Estimator):
     def surrogate_at(
         self, f: CostFn, fam: Family, z: Tensor, weights: Tensor | None = None
     ) -> Tensor:
+        fam.check_interior(self.name)
         k = z.shape[0]
         mu = fam.mean()
         mu_bar = mu.detach()

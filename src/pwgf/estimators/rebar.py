@@ -67,12 +67,13 @@ sum of the outputs and is spread equally over them: right for ``sum`` or ``mean`
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import InvalidCostError, PWGFError
+from ..errors import InvalidCostError, PWGFError, UntunedEstimatorWarning
 from ..families import Family
 from .base import CostFn, Estimator, average, evaluate
 
@@ -160,6 +161,10 @@ class Rebar(Estimator):
     families = ("bernoulli", "categorical")
     biased = False
     learnable = True
+    #: the score term is degenerate at probs of exactly 0 or 1 (or 0 for a category): refused
+    interior_only = True
+    #: surrogates prepared for tuning without a variance_loss() call, after which it warns
+    untuned_warn_after = 32
     per_sample = False  # the randomness is the noise (u, v), not the discrete sample
     evaluations = "3 f, 2 ∇f (1 f at the sample; f, ∇f at 2 relaxed points)"
     option_docs = {
@@ -184,9 +189,17 @@ class Rebar(Estimator):
         self.log_temperature = nn.Parameter(torch.tensor(math.log(tau)))
         self.eta = nn.Parameter(torch.tensor(scale))
         self._pending_value: Tensor | None = None
-        #: tuning steps dropped because their variance gradient was not finite
-        self.skipped_tuning_steps = 0
+        # counted on the device, so that dropping a step needs no host read; not persistent, so
+        # checkpoints written before it existed still load
+        self.register_buffer("_skipped", torch.zeros((), dtype=torch.long), persistent=False)
         self._pending_grads: dict[nn.Parameter, Tensor] = {}
+        self._pending_count = 0
+        self._warned_untuned = False
+
+    @property
+    def skipped_tuning_steps(self) -> int:
+        """Tuning steps dropped because their variance or its gradient was not finite."""
+        return int(self._skipped)
 
     @property
     def temperature(self) -> Tensor:
@@ -205,7 +218,7 @@ class Rebar(Estimator):
                 "estimator in eval() mode, tune=False, or variance_loss() already called?)"
             )
         value, grads = self._pending_value, self._pending_grads
-        self._pending_value, self._pending_grads = None, {}
+        self.clear_variance_loss()
         # every trainable parameter takes part (with a zero gradient where a step was dropped),
         # so the result can always be backpropagated on its own
         params = [p for p in self.parameters() if p.requires_grad]
@@ -218,6 +231,7 @@ class Rebar(Estimator):
     def clear_variance_loss(self) -> None:
         """Forget the pending variance losses (``variance_loss`` does this itself)."""
         self._pending_value, self._pending_grads = None, {}
+        self._pending_count = 0
 
     # -- the estimator ---------------------------------------------------------------------------
     def draw(self, fam: Family, n: int) -> Tensor:
@@ -233,6 +247,7 @@ class Rebar(Estimator):
         self, f: CostFn, fam: Family, z: Tensor, weights: Tensor | None = None
     ) -> Tensor:
         # ``z`` is the noise drawn by ``draw``: z[:, 0] = u, z[:, 1] = v.
+        fam.check_interior(self.name)
         if z.ndim != len(fam.shape) + 2 or z.shape[1] != 2 or z.shape[2:] != fam.shape:
             raise PWGFError(
                 f"{self.name}: surrogate_at takes the noise from draw(), shape (K, 2, "
@@ -249,11 +264,23 @@ class Rebar(Estimator):
 
         out_shape = fb.shape[1:]
         joint = self.joint_score or tuple(fam.batch_shape[: len(out_shape)]) != tuple(out_shape)
-        g = self._estimate(f, fam, logits.detach(), u, v, b, fb.detach(), joint, tuning)
-        if tuning:
-            self._record(average(g.reshape(g.shape[0], -1).pow(2).sum(-1), weights))
-        g_mean = average(g.detach(), weights)
-        attach = g_mean * (logits - logits.detach())  # zero in value; gradient ĝ for the logits
+        args = (f, fam, logits.detach(), u, v, b, fb.detach(), joint)
+        g = self._tuned_estimate(*args, weights) if tuning else self._estimate(*args, False)
+        if tuning and self._pending_count >= self.untuned_warn_after and not self._warned_untuned:
+            self._warned_untuned = True
+            warnings.warn(
+                f"{self.name}: {self._pending_count} surrogates were prepared for tuning but "
+                "variance_loss() was not called, so the estimator's parameters (temperature, "
+                "eta, ...) are never tuned. Add est.variance_loss() to the loss (and "
+                "est.parameters() to the optimiser), or pass tune=False or call est.eval().",
+                UntunedEstimatorWarning,
+                stacklevel=3,  # the caller of surrogate()
+            )
+        # a -inf logit masks its category (π = 0, gradient 0); inf - inf would be nan
+        masked = torch.isneginf(logits.detach())
+        live = logits.masked_fill(masked, 0.0)
+        g_mean = average(g.detach(), weights).masked_fill(masked, 0.0)
+        attach = g_mean * (live - live.detach())  # zero in value; gradient ĝ for the logits
         if joint:
             credit = (attach.sum() / max(out_shape.numel(), 1)).expand(out_shape)
         else:
@@ -306,6 +333,26 @@ class Rebar(Estimator):
                 g = g - torch.softmax(logits, -1) * g.sum(-1, keepdim=True)
         return g
 
+    @torch.compiler.disable
+    def _tuned_estimate(
+        self,
+        f: CostFn,
+        fam: Family,
+        logits: Tensor,
+        u: Tensor,
+        v: Tensor,
+        b: Tensor,
+        fb: Tensor,
+        joint: bool,
+        weights: Tensor | None,
+    ) -> Tensor:
+        """The estimates with tuning: V and ∇_φ V recorded, ĝ_k returned detached. Runs eagerly
+        under ``torch.compile`` (a graph break): ∇_φ V is a second-order gradient, which
+        aot_autograd cannot trace, and nothing of it flows back into the compiled graph."""
+        g = self._estimate(f, fam, logits, u, v, b, fb, joint, True)
+        self._record(average(g.reshape(g.shape[0], -1).pow(2).sum(-1), weights))
+        return g.detach()
+
     def _record(self, variance: Tensor) -> None:
         """Add V and ∇_φ V to the pending variance loss; frees the second-order graph."""
         params = [p for p in self.parameters() if p.requires_grad]
@@ -323,10 +370,14 @@ class Rebar(Estimator):
                 or [value.new_ones((), dtype=torch.bool)]
             ).all()
         )
-        if not bool(finite):
-            self.skipped_tuning_steps += 1
-            value = torch.zeros_like(value)
-            grads = (None,) * len(params)
+        # dropped on the device, without reading `finite` on the host
+        self._skipped += (~finite).to(self._skipped)
+        value = torch.where(finite, value, torch.zeros_like(value))
+        grads = tuple(
+            None if g is None else torch.where(finite.to(g.device), g, torch.zeros_like(g))
+            for g in grads
+        )
+        self._pending_count += 1
         if self._pending_value is None:
             self._pending_value = value
         else:

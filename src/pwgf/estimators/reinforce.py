@@ -7,7 +7,13 @@ samples, get a baseline for free"); moving average: Mnih & Gregor 2014.
 
 with ``b_k = 0`` (``baseline=None``), ``b_k = (1/(K-1)) Σ_{j≠k} f(z_j)`` (``"loo"``, K >= 2;
 unbiased because b_k is independent of z_k), or ``b`` = an exponential moving average of past
-mean costs (``"ema"``; unbiased because b is fixed before the current samples are drawn).
+mean costs (``"ema"``; unbiased because b is fixed before the current samples are drawn; a batch
+whose mean cost is not finite leaves the average as it was and is counted in
+``skipped_updates``).
+
+At a parameter on the boundary of its range (Bernoulli probs of exactly 0 or 1, a categorical
+probability of 0, a Poisson rate of 0) the score is degenerate and the estimate would be wrong; it
+is refused there with :class:`pwgf.errors.BoundaryError` (see ``Family.boundary``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ BASELINES = (None, "loo", "ema")
 class Reinforce(Estimator):
     name = "reinforce"
     biased = False
+    #: the score ∇ log p is degenerate on the parameter's boundary: refused there
+    interior_only = True
     evaluations = "1 f"
     option_docs = {
         "baseline": "None: none; 'loo': leave-one-out over K >= 2; 'ema': moving average",
@@ -47,10 +55,18 @@ class Reinforce(Estimator):
         self.per_sample = baseline is None
         self.register_buffer("running_mean", torch.zeros(()))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long))
+        # not persistent: checkpoints written before it existed still load
+        self.register_buffer("_skipped", torch.zeros((), dtype=torch.long), persistent=False)
+
+    @property
+    def skipped_updates(self) -> int:
+        """'ema' updates dropped because the batch's mean cost was not finite."""
+        return int(self._skipped)
 
     def surrogate_at(
         self, f: CostFn, fam: Family, z: Tensor, weights: Tensor | None = None
     ) -> Tensor:
+        fam.check_interior(self.name)
         fz = evaluate(f, z)
         score = per_output(fam.log_prob(z), fz.shape[1:], fam.batch_shape, self.joint_score)
         b = self._baseline(fz.detach())
@@ -62,14 +78,17 @@ class Reinforce(Estimator):
             k = fz.shape[0]
             return (fz.sum(0, keepdim=True) - fz) / (k - 1)
         if self.baseline == "ema":
-            b = self.running_mean.to(fz) if self.n_updates > 0 else fz.new_zeros(())
+            # the average before this batch (zero before the first update), copied since the
+            # update below is in place; no host read, so no device sync
+            b = self.running_mean.to(fz, copy=True)
             if self.training:
                 m = fz.mean().to(self.running_mean)
+                ok = torch.isfinite(m)
                 first = self.n_updates == 0
-                self.running_mean.copy_(
-                    torch.where(first, m, self.decay * self.running_mean + (1 - self.decay) * m)
-                )
-                self.n_updates += 1
+                new = torch.where(first, m, self.decay * self.running_mean + (1 - self.decay) * m)
+                self.running_mean.copy_(torch.where(ok, new, self.running_mean))
+                self.n_updates += ok.long()
+                self._skipped += (~ok).long()
             return b
         return 0.0
 

@@ -29,6 +29,7 @@ discrete sample and θ, so its exact mean is a sum over the support
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..families import Family
@@ -49,7 +50,10 @@ class ReinMax(PathwiseEstimator):
 
     def attach(self, fam: Family, z: Tensor) -> Tensor:
         logits = fam.base.logits
-        delta = logits - logits.detach()  # zero in value; carries the gradient to θ
+        # a -inf logit masks its category (π = 0 there, and so is its gradient); inf - inf would
+        # be nan, so masked entries carry a zero instead
+        live = logits.masked_fill(torch.isneginf(logits.detach()), 0.0)
+        delta = live - live.detach()  # zero in value; carries the gradient to θ
         p0 = fam.base.probs
         lt = logits.detach() / self.temperature
         if fam.name == "bernoulli":

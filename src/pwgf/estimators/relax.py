@@ -21,9 +21,9 @@ or the whole sample when credit is joint (see :mod:`pwgf.estimators.rebar`). Bec
 is created before it sees data, ``input_size=None`` (the default) makes the first layer an
 ``nn.LazyLinear`` that takes n from the first call. An optimiser may be built over
 ``est.parameters()`` before that call: torch materialises a lazy parameter in place, so the
-optimiser holds the same object (``state_dict`` loading needs one call first, as for any lazy
-module). Pass ``input_size=n`` to create the network at once. Either way a later call with another
-n is refused with an error naming both sizes.
+optimiser holds the same object, and ``load_state_dict`` into a fresh estimator materialises it
+from the saved weights. Pass ``input_size=n`` to create the network at once. Either way a later
+call with another n is refused with an error naming both sizes.
 
 Tuning and gradient routing are REBAR's: ``(loss.mean() + est.variance_loss()).backward()`` trains
 λ, η and ρ on ``∇_φ E‖ĝ‖²`` only; f's parameters get the ordinary gradient of the mean of f(b).
@@ -73,6 +73,7 @@ class Relax(Rebar):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.net = nn.Sequential(first, nn.Tanh(), last)
+        self.register_load_state_dict_post_hook(_sync_lazy_size)
 
     def _network(self, x: Tensor) -> Tensor:
         first = self.net[0]
@@ -89,3 +90,11 @@ class Relax(Rebar):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, hidden={self.hidden}"
+
+
+def _sync_lazy_size(module: nn.Module, incompatible: object) -> None:
+    # Loading a state dict materialises a lazy layer's weight from the saved shape but leaves
+    # its in_features at 0; take it from the weight, so the loaded network is usable at once.
+    first = module.net[0]
+    if not isinstance(first.weight, UninitializedParameter):
+        first.in_features = first.weight.shape[1]
