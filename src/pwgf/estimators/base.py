@@ -25,8 +25,9 @@ Conventions:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,22 @@ from ..families import Family, as_family
 CostFn = Callable[[Tensor], Tensor]
 
 ALL_FAMILIES = ("bernoulli", "categorical", "poisson")
+
+#: estimators that evaluate f at non-discrete points (a relaxation, or the mean): f must accept
+#: values between the support points there. The class attribute ``relaxed_inputs`` overrides this
+#: list for an estimator that sets it; the list is checked against what each estimator really
+#: passes to f by a test over the whole registry (tests/test_api_traps.py).
+RELAXED_INPUTS = frozenset({"gumbel-softmax", "muprop", "rebar", "relax"})
+
+_HOW_TO_WRITE_F = (
+    "write f so that it accepts values between the support points: use pwgf.log_prob(dist, z) "
+    "or pwgf.bernoulli_log_prob / pwgf.categorical_log_prob / pwgf.poisson_log_prob, which "
+    "hold for relaxed values, or build torch distributions inside f with validate_args=False"
+)
+
+
+class RelaxedInputError(InvalidCostError):
+    """f raised on a relaxed (non-discrete) input that the estimator evaluates it at."""
 
 
 class Estimator(nn.Module):
@@ -59,21 +76,29 @@ class Estimator(nn.Module):
     learnable: ClassVar[bool] = False
     #: least number of samples the estimator works with
     min_samples: ClassVar[int] = 1
+    #: evaluates f at non-discrete points; None: whether the name is in ``RELAXED_INPUTS``
+    relaxed_inputs: ClassVar[bool | None] = None
+
+    @classmethod
+    def evaluates_relaxed(cls) -> bool:
+        """Whether f is evaluated at non-discrete (relaxed) points, not only at samples."""
+        if cls.relaxed_inputs is not None:
+            return bool(cls.relaxed_inputs)
+        return getattr(cls, "name", None) in RELAXED_INPUTS
 
     # -- public --------------------------------------------------------------------------------
     def surrogate(self, f: CostFn, dist: object, n_samples: int = 1) -> Tensor:
         """Surrogate loss of shape ``S``: value ≈ E[f(z)], gradient = this estimator's estimate."""
         fam = self.family(dist)
         n = self._check_n(n_samples)
+        if self.evaluates_relaxed():
+            f = _RelaxedGuard(f, self.name)
         return self.surrogate_at(f, fam, self.draw(fam, n))
 
     def sample(self, dist: object, n_samples: int = 1) -> Tensor:
         """Discrete samples whose backward pass is this estimator (pathwise estimators only)."""
         if not self.pathwise:
-            raise NeedsCostFunctionError(
-                f"estimator '{self.name}' must evaluate f itself, so it cannot work through "
-                f"pwgf.sample; use pwgf.get_estimator('{self.name}').surrogate(f, dist, n_samples)"
-            )
+            raise NeedsCostFunctionError(self._not_pathwise_message())
         fam = self.family(dist)
         return self.attach(fam, fam.sample(self._check_n(n_samples)))
 
@@ -114,6 +139,97 @@ class Estimator(nn.Module):
 
     def extra_repr(self) -> str:
         return self.name
+
+    def _options_given(self) -> dict[str, Any]:
+        """The keyword options this instance was made with (as far as they can be known)."""
+        given = getattr(self, "spec_options", None)
+        if given is not None:
+            return dict(given)
+        out = {}
+        for p in inspect.signature(type(self).__init__).parameters.values():
+            if p.default is not inspect.Parameter.empty and hasattr(self, p.name):
+                value = getattr(self, p.name)
+                if not isinstance(value, Tensor | nn.Module) and value != p.default:
+                    out[p.name] = value
+        return out
+
+    def _not_pathwise_message(self) -> str:
+        call = f"pwgf.get_estimator('{self.name}'"
+        given = self._options_given()
+        call += "".join(f", {k}={v!r}" for k, v in given.items()) + ")"
+        use = f"use {call}.surrogate(f, dist, n_samples)"
+        if type(self).pathwise and given:
+            # the class works through pwgf.sample: find the options that stop this instance
+            params = inspect.signature(type(self).__init__).parameters
+            culprits = []
+            for key in given:
+                try:
+                    rest = {k: v for k, v in given.items() if k != key}
+                    if type(self)(**rest).pathwise:
+                        culprits.append(key)
+                except Exception:  # an option that cannot go alone: not the single reason
+                    continue
+            if culprits:
+                why = ", ".join(f"{k}={given[k]!r}" for k in culprits)
+                defaults = ", ".join(
+                    f"{k}={params[k].default!r}"
+                    for k in culprits
+                    if k in params and params[k].default is not inspect.Parameter.empty
+                )
+                return (
+                    f"estimator '{self.name}' with {why} must evaluate f itself (that option "
+                    f"needs ∇f as a value, not only a backward rule at the samples), so it cannot "
+                    f"work through pwgf.sample: leave it at its default ({defaults}) to use "
+                    f"pwgf.sample, or {use}"
+                )
+        return (
+            f"estimator '{self.name}' must evaluate f itself, so it cannot work through "
+            f"pwgf.sample; {use}"
+        )
+
+
+class _RelaxedGuard:
+    """f as given, but an exception f raises on a non-discrete input is re-raised (chained) as
+    :class:`RelaxedInputError`, naming the estimator and how to write f. Costs nothing unless f
+    raises: the input is inspected only then."""
+
+    def __init__(self, f: CostFn, estimator: str) -> None:
+        self.f = f
+        self.estimator = estimator
+
+    def __call__(self, z: Tensor) -> Tensor:
+        try:
+            return self.f(z)
+        except RelaxedInputError:
+            raise
+        except Exception as exc:
+            if not _is_relaxed(z):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first if len(first) <= 200 else first[:200] + "..."
+            raise RelaxedInputError(
+                f"estimator '{self.estimator}' evaluates f at relaxed (non-discrete) points, "
+                f"and f raised {type(exc).__name__} on one ({first}); {_HOW_TO_WRITE_F}. "
+                "Estimators that evaluate f only at discrete samples: "
+                + ", ".join(_discrete_estimators())
+            ) from exc
+
+
+def _is_relaxed(z: object) -> bool:
+    if not isinstance(z, Tensor) or not z.dtype.is_floating_point:
+        return False
+    try:
+        with torch.no_grad():
+            zz = z.detach()
+            return bool(((zz != zz.round()) & torch.isfinite(zz)).any())
+    except Exception:  # e.g. a tensor subclass that cannot be inspected: say nothing more
+        return False
+
+
+def _discrete_estimators() -> list[str]:
+    from ..registry import list_estimators  # the registry imports this module
+
+    return [i.name for i in list_estimators() if not i.relaxed_inputs and i.name != "exact"]
 
 
 class PathwiseEstimator(Estimator):

@@ -16,13 +16,21 @@ import torch
 
 import pwgf
 
+from . import diagkit as dk
 from .problems import Problem, default_problems
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--draws", type=int, default=400, help="independent estimates (400)")
-    parser.add_argument("--samples", type=int, default=2, help="samples K per estimate (2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--draws", type=dk.positive_int, default=400, help="independent estimates per estimator"
+    )
+    parser.add_argument(
+        "--samples",
+        type=dk.positive_int,
+        default=2,
+        help="samples K per estimate (raised to an estimator's least)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--out", type=Path, default=None, help="write DIR/demo.json")
 
 

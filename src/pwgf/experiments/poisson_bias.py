@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import time
 from collections.abc import Callable
@@ -88,28 +87,26 @@ def _bandwidth(text: str) -> float | str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--costs", default=",".join(COSTS), help=f"({','.join(COSTS)})")
-    parser.add_argument("--rates", default=DEFAULT_RATES, help=f"λ values ({DEFAULT_RATES})")
     parser.add_argument(
-        "--bandwidths", default=DEFAULT_BANDWIDTHS, help=f"pwgf h values ({DEFAULT_BANDWIDTHS})"
+        "--costs", default=",".join(COSTS), help=f"comma-separated, from {', '.join(COSTS)}"
     )
+    parser.add_argument("--rates", default=DEFAULT_RATES, help="comma-separated λ values > 0")
     parser.add_argument(
-        "--normalizations", default="projection,raw", help="pwgf normalizations (both)"
+        "--bandwidths", default=DEFAULT_BANDWIDTHS, help="pwgf h values: floats, 'std', 'std*c'"
     )
-    parser.add_argument(
-        "--steps", default=DEFAULT_STEPS, help=f"pwgf ε values, 'none' = ε -> 0 ({DEFAULT_STEPS})"
-    )
+    parser.add_argument("--normalizations", default="projection,raw", help="pwgf normalizations")
+    parser.add_argument("--steps", default=DEFAULT_STEPS, help="pwgf ε values, 'none' = ε -> 0")
     parser.add_argument(
         "--min-bandwidth",
-        type=float,
+        type=dk.positive_float,
         default=1.0,
-        help="pwgf: floor of the 'std*c' rules (1.0, the estimator's default)",
+        help="pwgf: floor of the 'std*c' rules (the estimator's default)",
     )
     parser.add_argument(
         "--no-variance", action="store_true", help="skip the one-sample variances (faster)"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/poisson-bias"), help="output DIR")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    dk.add_device_arguments(parser, dtype=False)
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
 
 
@@ -118,17 +115,28 @@ def _label(bw: str, norm: str, step: float | None) -> str:
 
 
 def _parse_steps(text: str) -> list[float | None]:
-    return [None if s.strip().lower() == "none" else float(s) for s in text.split(",")]
+    return [None if s.strip().lower() == "none" else _number("--steps", s) for s in text.split(",")]
+
+
+def _number(flag: str, text: str) -> float:
+    """A positive finite float from a comma-separated option, or a one-line error."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and x > 0):
+        raise dk.UsageError(f"{flag}: expected positive finite numbers, got {text.strip()!r}")
+    return x
 
 
 def compute(args: argparse.Namespace) -> list[dict]:
     """One row per (cost, λ, estimator variant)."""
-    dev = torch.device(args.device)
+    dev = dk.resolve_device(args.device)
     costs = [c.strip() for c in args.costs.split(",") if c.strip()]
     for c in costs:
         if c not in COSTS:
-            raise SystemExit(f"poisson-bias: unknown cost {c!r}; choose from {', '.join(COSTS)}")
-    rates = [float(r) for r in args.rates.split(",")]
+            raise dk.UsageError(f"unknown cost {c!r}; choose from {', '.join(COSTS)}")
+    rates = [_number("--rates", r) for r in args.rates.split(",")]
     bws = [b.strip() for b in args.bandwidths.split(",") if b.strip()]
     norms = [n.strip() for n in args.normalizations.split(",") if n.strip()]
     steps = _parse_steps(args.steps)
@@ -472,7 +480,7 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": wall,
         "files": {"csv": "bias.csv", "png": png.name if plotted else None},
     }
-    (out / "bias.json").write_text(json.dumps(report, indent=1))
+    dk.write_json(out / "bias.json", report)
     print(
         f"\nwall time {wall:.1f}s; wrote {out / 'bias.json'}, bias.csv"
         + (f", {png.name}" if plotted else "")

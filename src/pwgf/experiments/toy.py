@@ -36,15 +36,21 @@ FULL = {"iterations": 3000}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--iterations", type=int, default=3000, help="gradient steps (3000)")
+    parser.add_argument("--iterations", type=dk.positive_int, default=3000, help="gradient steps")
     parser.add_argument("--full", action="store_true", help="the papers' settings (3000 steps)")
-    parser.add_argument("--lr", type=float, default=1.0, help="step size (1.0)")
-    parser.add_argument("--samples", type=int, default=1, help="samples K per step (1)")
-    parser.add_argument("--seeds", type=int, default=1, help="independent runs, batched (1)")
-    parser.add_argument("--var-every", type=int, default=30, help="variance every N steps (30)")
-    parser.add_argument("--var-draws", type=int, default=500, help="estimates per variance (500)")
+    parser.add_argument("--lr", type=dk.positive_float, default=1.0, help="step size")
+    parser.add_argument("--samples", type=dk.positive_int, default=1, help="samples K per step")
     parser.add_argument(
-        "--estimator-lr", type=float, default=1e-3, help="Adam, learnable estimators (1e-3)"
+        "--seeds", type=dk.positive_int, default=1, help="independent runs, batched"
+    )
+    parser.add_argument(
+        "--var-every", type=dk.positive_int, default=30, help="variance every N steps"
+    )
+    parser.add_argument(
+        "--var-draws", type=dk.positive_int, default=500, help="estimates per variance (>= 2)"
+    )
+    parser.add_argument(
+        "--estimator-lr", type=dk.positive_float, default=1e-3, help="Adam, learnable estimators"
     )
     dk.add_common_arguments(parser, "write toy.json and plots to DIR")
 
@@ -176,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.var_draws < 2:
+        raise dk.UsageError(f"--var-draws must be >= 2 (a variance), got {args.var_draws}")
     t = torch.tensor(TARGETS, dtype=torch.float64)
     names = dk.estimator_names("bernoulli", dk.split_names(args.estimators))
     print(

@@ -39,6 +39,7 @@ from torch import nn
 
 import pwgf
 
+from ..registry import format_spec, merge_options, parse_spec
 from . import diagkit as dk
 from . import vae_variance
 from .data import BINARIZATIONS, DATASETS, DataError, Dataset, load_dataset
@@ -61,20 +62,28 @@ IDENTITY = (
     "slope",
     "estimator_lr",
     "seed",
+    "dtype",
 )
+#: what a checkpoint saved before a field existed stands for
+IDENTITY_DEFAULTS = {"dtype": "float32"}
+#: keys a checkpoint must hold to be resumed from
+CHECKPOINT_KEYS = ("config", "step", "model", "opt", "history", "best", "perm", "gen", "rng")
+#: a validation -ELBO above this many times the untrained model's (step 0) is divergence: the
+#: learning rate is too large (no run that learns ever gets there)
+DIVERGED_FACTOR = 10.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model and data")
-    g.add_argument("--dataset", choices=DATASETS, default="binarized-mnist")
+    g.add_argument("--dataset", choices=DATASETS, default="binarized-mnist", help="data set")
     g.add_argument(
         "--binarization",
         choices=BINARIZATIONS,
         default="dynamic",
-        help="for mnist / fashion-mnist: fresh Bernoulli(pixel/255) draws every pass (dynamic, "
-        "default) or pixel > 127 (threshold)",
+        help="for mnist / fashion-mnist: fresh Bernoulli(pixel/255) draws every pass (dynamic) "
+        "or pixel > 127 (threshold)",
     )
-    g.add_argument("--arch", choices=ARCHS, default="linear")
+    g.add_argument("--arch", choices=ARCHS, default="linear", help="model (see pwgf.vae_model)")
     g.add_argument(
         "--preset",
         choices=PRESETS,
@@ -83,7 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "two-layer, fixed at 0 in nonlinear) or disarm (slope 0.3, prior learnable); auto: arm "
         "for binarized-mnist, disarm otherwise",
     )
-    g.add_argument("--slope", type=float, default=None, help="LeakyReLU slope (nonlinear)")
+    g.add_argument(
+        "--slope", type=dk.positive_float, default=None, help="LeakyReLU slope (nonlinear)"
+    )
     g.add_argument(
         "--prior", choices=("auto", "learnable", "fixed"), default="auto", help="prior logits"
     )
@@ -97,52 +108,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     g = parser.add_argument_group("estimator and optimisation")
-    g.add_argument("--estimator", default="st", help="registered estimator name (st)")
+    g.add_argument(
+        "--estimator",
+        default="st",
+        help="registered estimator name or spec with options, e.g. pwgf:step=0.5,bandwidth=2",
+    )
     g.add_argument(
         "--estimator-option",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="estimator keyword option (VALUE parsed as JSON, else a string); repeatable",
+        help="estimator keyword option (VALUE parsed as JSON, else a string); repeatable; "
+        "the same as options in the --estimator spec",
     )
     g.add_argument(
-        "--samples", type=int, default=None, help="samples per layer and step (estimator's least)"
+        "--samples",
+        type=dk.positive_int,
+        default=None,
+        help="samples per layer and step (default: the estimator's least, 1 or 2)",
     )
-    g.add_argument("--steps", type=int, default=10000, help="training steps in all (10000)")
-    g.add_argument("--batch-size", type=int, default=50)
-    g.add_argument("--lr", type=float, default=1e-4, help="Adam, encoder and decoder (1e-4)")
-    g.add_argument("--prior-lr", type=float, default=1e-2, help="SGD, prior logits (1e-2)")
+    g.add_argument("--steps", type=dk.positive_int, default=10000, help="training steps in all")
+    g.add_argument(
+        "--batch-size", type=dk.positive_int, default=50, help="images per training step"
+    )
+    g.add_argument("--lr", type=dk.positive_float, default=1e-4, help="Adam, encoder and decoder")
+    g.add_argument("--prior-lr", type=dk.positive_float, default=1e-2, help="SGD, prior logits")
     g.add_argument(
         "--estimator-lr",
-        type=float,
+        type=dk.positive_float,
         default=None,
         help="Adam, a learnable estimator's own parameters (default: --lr)",
     )
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="random seed of the run")
 
     g = parser.add_argument_group("evaluation and output")
-    g.add_argument("--eval-every", type=int, default=1000, help="steps between evaluations")
+    g.add_argument(
+        "--eval-every", type=dk.positive_int, default=1000, help="steps between evaluations"
+    )
     g.add_argument(
         "--iw-samples",
-        type=int,
+        type=dk.nonnegative_int,
         default=0,
         help="also the S-sample importance-weighted bound at each evaluation (0: off)",
     )
     g.add_argument(
         "--iw-limit",
-        type=int,
+        type=dk.positive_int,
         default=None,
-        help="evaluate the bound on the first N validation and test images only",
+        help="evaluate the bound on the first N validation and test images only "
+        "(default: all of them)",
     )
     g.add_argument(
         "--final-iw-samples",
-        type=int,
+        type=dk.nonnegative_int,
         default=0,
-        help="at the end, the S-sample bound of the best-validation model on the test set",
+        help="at the end, the S-sample bound of the best-validation model on the test set (0: off)",
     )
     g.add_argument(
         "--variance-every",
-        type=int,
+        type=dk.nonnegative_int,
         default=0,
         help="every N steps (a multiple of --eval-every), measure the variance of the encoder "
         "gradient of each --variance-estimators on the same parameters and batch (0: off)",
@@ -152,17 +176,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="st,pwgf,reinforce-loo,arm,disarm,rebar,relax",
         help="comma-separated estimators measured by --variance-every",
     )
-    g.add_argument("--variance-draws", type=int, default=20, help="estimates per measurement")
-    g.add_argument("--out", type=Path, default=None, help="output folder (runs/vae/<run name>)")
+    g.add_argument(
+        "--variance-draws", type=dk.positive_int, default=20, help="estimates per measurement"
+    )
+    g.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: runs/vae/<run name>)"
+    )
     g.add_argument("--restart", action="store_true", help="discard a checkpoint in --out")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    g.add_argument("--checkpoint-every", type=float, default=60.0, help="seconds (60)")
+    dk.add_device_arguments(g)
+    dk.add_thread_arguments(g)
+    g.add_argument(
+        "--checkpoint-every",
+        type=dk.positive_float,
+        default=60.0,
+        help="seconds between checkpoints (besides one at every evaluation)",
+    )
     g.add_argument(
         "--stop-after",
-        type=int,
+        type=dk.positive_int,
         default=None,
-        help="stop after N steps of this invocation, saving everything (a rerun resumes)",
+        help="stop after N steps of this invocation, saving everything (a rerun resumes; "
+        "default: run to --steps)",
     )
     g.add_argument("--quiet", action="store_true", help="no progress line")
 
@@ -181,6 +215,47 @@ def _parse_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _canonical(spec: str) -> str:
+    name, options = parse_spec(spec)
+    est = pwgf.get_estimator(name, **options)
+    return format_spec(est.name, options)
+
+
+#: option -> (least value, what None or 0 means); checked here as well as by argparse, since
+#: ``vae-table`` and tests build the namespace themselves
+_LIMITS: dict[str, tuple[float, str | None]] = {
+    "steps": (1, None),
+    "batch_size": (1, None),
+    "eval_every": (1, None),
+    "samples": (1, "the estimator's least"),
+    "iw_samples": (0, None),
+    "iw_limit": (1, "all images"),
+    "final_iw_samples": (0, None),
+    "variance_every": (0, None),
+    "variance_draws": (1, None),
+    "stop_after": (1, "run to --steps"),
+}
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric option in its range, with one clear message (argparse checks them too)."""
+    for name, (least, none_means) in _LIMITS.items():
+        value = getattr(args, name, None)
+        flag = "--" + name.replace("_", "-")
+        if value is None and none_means is not None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            extra = f" (leave it out for {none_means})" if none_means else ""
+            raise dk.UsageError(f"{flag} must be an integer >= {int(least)}, got {value!r}{extra}")
+    for name in ("lr", "prior_lr", "estimator_lr", "checkpoint_every", "slope"):
+        value = getattr(args, name, None)
+        if value is None and name in ("estimator_lr", "slope"):
+            continue
+        if not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+            flag = "--" + name.replace("_", "-")
+            raise dk.UsageError(f"{flag} must be a positive finite number, got {value!r}")
+
+
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """The run's settings with every 'auto' resolved."""
     preset = args.preset
@@ -190,23 +265,27 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     prior = args.prior
     if prior == "auto":
         prior = "fixed" if (preset == "arm" and args.arch == "nonlinear") else "learnable"
-    options = _parse_options(args.estimator_option)
-    est = pwgf.get_estimator(args.estimator, **options)  # validates name and options
+    _check_numbers(args)
+    name, options = merge_options(args.estimator, _parse_options(args.estimator_option))
+    est = pwgf.get_estimator(name, **options)  # validates name and options
     if "bernoulli" not in est.families:
         raise pwgf.UnsupportedFamilyError(
             f"estimator '{est.name}' does not support Bernoulli latents; estimators that do: "
             f"{', '.join(pwgf.estimators_for('bernoulli'))}"
         )
     samples = args.samples if args.samples is not None else max(1, est.min_samples)
-    variance_names = [pwgf.get_estimator(n).name for n in args.variance_estimators.split(",") if n]
+    if samples < est.min_samples:
+        raise dk.UsageError(
+            f"--samples {samples}: estimator '{est.name}' needs at least {est.min_samples}"
+        )
+    variance_names = [_canonical(n) for n in (dk.split_names(args.variance_estimators) or []) if n]
     if args.variance_every:
         if args.variance_every % args.eval_every:
-            raise pwgf.PWGFError("--variance-every must be a multiple of --eval-every")
+            raise dk.UsageError("--variance-every must be a multiple of --eval-every")
         if args.variance_draws < 2:
-            raise pwgf.PWGFError("--variance-draws must be >= 2")
-    for name in ("steps", "batch_size", "eval_every"):
-        if getattr(args, name) < 1:
-            raise pwgf.PWGFError(f"--{name.replace('_', '-')} must be >= 1")
+            raise dk.UsageError("--variance-draws must be >= 2")
+    device = dk.resolve_device(str(args.device))
+    dk.resolve_dtype(getattr(args, "dtype", "float32"))
     return {
         "dataset": args.dataset,
         "binarization": "static" if args.dataset == "binarized-mnist" else args.binarization,
@@ -228,7 +307,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         "iw_samples": args.iw_samples,
         "iw_limit": args.iw_limit,
         "final_iw_samples": args.final_iw_samples,
-        "device": str(args.device),
+        "device": str(device),
+        "dtype": getattr(args, "dtype", "float32"),
         "variance_every": args.variance_every,
         "variance_estimators": variance_names if args.variance_every else [],
         "variance_draws": args.variance_draws if args.variance_every else None,
@@ -236,7 +316,8 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def default_out(cfg: dict[str, Any]) -> Path:
-    return Path("runs/vae") / f"{cfg['dataset']}-{cfg['arch']}-{cfg['estimator']}-s{cfg['seed']}"
+    est = cfg["estimator"] + "".join(f"_{k}={v}" for k, v in cfg["estimator_options"].items())
+    return Path("runs/vae") / f"{cfg['dataset']}-{cfg['arch']}-{est}-s{cfg['seed']}"
 
 
 # -- the learnable-estimator hook ----------------------------------------------------------------
@@ -310,28 +391,22 @@ class Progress:
 
 
 # -- outputs ---------------------------------------------------------------------------------------
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_atomic_save = dk.atomic_save
+_write_text = dk.atomic_write_text
 
 
 def write_history_csv(history: list[dict[str, Any]], path: Path) -> None:
     keys: list[str] = []
     for row in history:
         keys.extend(k for k in row if k not in keys)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(history)
+
+    dk.atomic_write(path, write)
 
 
 def plot_curves(history: list[dict[str, Any]], cfg: dict[str, Any], path: Path) -> bool:
@@ -407,17 +482,22 @@ def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
+class TrainingDivergedError(pwgf.PWGFError):
+    """The loss or the parameters went non-finite, or the loss far above the untrained model's."""
+
+
 class Trainer:
     def __init__(self, cfg: dict[str, Any], ds: Dataset, out: Path, args: argparse.Namespace):
         self.cfg, self.out, self.args = cfg, out, args
         self.device = torch.device(cfg["device"])
+        self.dtype = dk.resolve_dtype(cfg.get("dtype", "float32"))
         self.ds = ds.to(self.device)
         torch.manual_seed(cfg["seed"])
         self.model = BernoulliVAE(
             cfg["arch"],
             slope=cfg["slope"] if cfg["slope"] is not None else 0.1,
             learn_prior=cfg["prior"] == "learnable",
-            dtype=torch.float32,
+            dtype=self.dtype,
         ).to(self.device)
         self.estimators = [
             pwgf.get_estimator(cfg["estimator"], **cfg["estimator_options"]).to(self.device)
@@ -445,12 +525,12 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.train_seconds = 0.0
         self.eval_seconds = 0.0
-        self.loss_sum = torch.zeros((), device=self.device)
+        self.loss_sum = torch.zeros((), device=self.device, dtype=self.dtype)
         self.loss_count = 0
 
     def _batch_at(self, i: int) -> torch.Tensor:
         x = self.ds.train[i : i + self.cfg["batch_size"]]
-        return self.ds.binarize_train(x, None).to(torch.float32)
+        return self.ds.binarize_train(x, None).to(self.dtype)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -494,10 +574,39 @@ class Trainer:
             e.load_state_dict(s)
         self.history, self.best = st["history"], st["best"]
         self.train_seconds, self.eval_seconds = st["train_seconds"], st["eval_seconds"]
-        self.loss_sum = torch.tensor(st["loss_sum"], device=self.device)
+        self.loss_sum = torch.tensor(st["loss_sum"], device=self.device, dtype=self.dtype)
         self.loss_count = st["loss_count"]
 
+    def check_finite(self, valid_neg_elbo: float | None = None) -> None:
+        """Raise :class:`TrainingDivergedError` if the model has diverged: non-finite parameters
+        or training loss, or a loss above ``DIVERGED_FACTOR`` times the untrained model's
+        validation -ELBO. Called before every save, so a diverged state never replaces the
+        last good checkpoint (one host sync per save or evaluation, none per step)."""
+        bad = [n for n, q in self.model.named_parameters() if not bool(torch.isfinite(q).all())]
+        loss = float(self.loss_sum) / self.loss_count if self.loss_count else None
+        why = None
+        if bad:
+            why = f"parameters {', '.join(bad[:3])} are not finite"
+        elif loss is not None and not math.isfinite(loss):
+            why = "the training loss is not finite"
+        else:
+            start = self.history[0]["valid_neg_elbo"] if self.history else None
+            for label, value in (("training loss", loss), ("validation -ELBO", valid_neg_elbo)):
+                if start is not None and value is not None and value > DIVERGED_FACTOR * start:
+                    why = (
+                        f"the {label} {value:.4g} is over {DIVERGED_FACTOR:g} times the "
+                        f"untrained model's {start:.4g}"
+                    )
+                    break
+        if why is not None:
+            raise TrainingDivergedError(
+                f"training diverged by step {self.step}: {why}. The learning rate is too large "
+                f"(--lr {self.cfg['lr']:g}; ARM's setting is 1e-4); the last good checkpoint in "
+                f"{self.out} is kept (use --restart with a smaller --lr)"
+            )
+
     def save(self) -> None:
+        self.check_finite()
         _atomic_save(self.state(), self.out / "checkpoint.pt")
 
     # -- evaluation -----------------------------------------------------------------------------
@@ -564,7 +673,7 @@ class Trainer:
             self.epoch += 1
         idx = self.perm[self.pos : self.pos + b]
         self.pos += b
-        return self.ds.binarize_train(self.ds.train[idx], self.gen).to(torch.float32)
+        return self.ds.binarize_train(self.ds.train[idx], self.gen).to(self.dtype)
 
     def train_step(self) -> None:
         x = self.next_batch()
@@ -609,11 +718,9 @@ class Trainer:
                 done_here += 1
                 rate = 0.98 * rate + 0.02 / max(dt, 1e-9) if rate else 1 / max(dt, 1e-9)
                 if self.step % cfg["eval_every"] == 0 or self.step == cfg["steps"]:
-                    if self.loss_count and not math.isfinite(float(self.loss_sum)):
-                        raise FloatingPointError(
-                            f"training loss is not finite at step {self.step}; lower --lr?"
-                        )
+                    self.check_finite()
                     row = self.evaluate()
+                    self.check_finite(row["valid_neg_elbo"])
                     self.record(row)
                     self.save()
                     last_ckpt = time.perf_counter()
@@ -683,29 +790,55 @@ def results(tr: Trainer, finished: bool, extra: dict[str, Any]) -> dict[str, Any
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return dk.with_threads(getattr(args, "threads", None), lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     out = args.out if args.out is not None else default_out(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    with dk.OutputLock(out, quiet=args.quiet):  # one run at a time writes to ``out``
+        return _run_locked(args, cfg, out)
+
+
+OUTPUTS = ("checkpoint.pt", "best.pt", "history.csv", "results.json")
+
+
+def _saved_run(args: argparse.Namespace, cfg: dict[str, Any], out: Path) -> dict[str, Any] | None:
+    """The checkpoint to resume from, checked against this run's settings; None to start."""
     ckpt_path = out / "checkpoint.pt"
-    saved = None
-    if ckpt_path.exists() and not args.restart:
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        diff = {
-            k: (saved["config"].get(k), cfg.get(k))
-            for k in IDENTITY
-            if saved["config"].get(k) != cfg.get(k)
-        }
-        if diff:
-            lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise pwgf.PWGFError(
-                f"{ckpt_path} holds a different run ({lines}); use another --out, or --restart "
-                "to discard it"
-            )
-    elif args.restart:
-        for name in ("checkpoint.pt", "best.pt", "history.csv", "results.json"):
+    if args.restart:
+        for name in OUTPUTS:
             (out / name).unlink(missing_ok=True)
+        return None
+    if not ckpt_path.exists():
+        left = [n for n in OUTPUTS[1:] if (out / n).exists()]
+        if left:  # finished work without its checkpoint: never start over on top of it
+            raise dk.UsageError(
+                f"{out} holds {', '.join(left)} of an earlier run but no checkpoint.pt to resume "
+                "from; move them away, use another --out, or --restart to discard them"
+            )
+        return None
+    saved = dk.load_checkpoint(ckpt_path, CHECKPOINT_KEYS)
+    before = {**IDENTITY_DEFAULTS, **saved["config"]}
+    diff = {k: (before.get(k), cfg.get(k)) for k in IDENTITY if before.get(k) != cfg.get(k)}
+    if diff:
+        lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise dk.UsageError(
+            f"{ckpt_path} holds a different run ({lines}); use another --out, or --restart "
+            "to discard it"
+        )
+    if saved["step"] > cfg["steps"]:
+        raise dk.UsageError(
+            f"{out} holds a run already trained to step {saved['step']}; --steps {cfg['steps']} "
+            f"contradicts it: pass --steps {saved['step']} to keep it (or more to train on), "
+            "or --restart to discard it"
+        )
+    return saved
+
+
+def _run_locked(args: argparse.Namespace, cfg: dict[str, Any], out: Path) -> int:
+    saved = _saved_run(args, cfg, out)
     try:
         ds = load_dataset(
             cfg["dataset"],
@@ -716,18 +849,25 @@ def run(args: argparse.Namespace) -> int:
             checksums={} if args.no_verify else None,
         )
     except DataError as e:
-        print(f"pwgf vae: {e}", file=sys.stderr)
+        print(f"pwgf vae: error: {e}", file=sys.stderr)
         return 2
+    if cfg["batch_size"] > len(ds.train):
+        raise dk.UsageError(
+            f"--batch-size {cfg['batch_size']} is larger than the training set "
+            f"({len(ds.train)} images)"
+        )
     tr = Trainer(cfg, ds, out, args)
     if saved is not None:
         tr.load(saved)
-        print(f"resuming {out} at step {tr.step} of {cfg['steps']}", file=sys.stderr)
+        if not args.quiet:
+            print(f"resuming {out} at step {tr.step} of {cfg['steps']}", file=sys.stderr)
     _write_text(out / "config.json", json.dumps(cfg, indent=1))
     if not args.quiet:
         print(
             f"pwgf vae: {ds.describe()}; {cfg['arch']} ({cfg['prior']} prior), estimator "
-            f"{cfg['estimator']} x{cfg['samples']}, batch {cfg['batch_size']}, Adam {cfg['lr']}, "
-            f"{cfg['steps']} steps -> {out}",
+            f"{format_spec(cfg['estimator'], cfg['estimator_options'])} x{cfg['samples']}, "
+            f"batch {cfg['batch_size']}, Adam {cfg['lr']}, {cfg['steps']} steps, "
+            f"{cfg['device']} {cfg['dtype']} -> {out}",
             file=sys.stderr,
         )
     try:
@@ -737,16 +877,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     extra: dict[str, Any] = {}
     if finished and cfg["final_iw_samples"] > 0:
-        best = torch.load(out / "best.pt", map_location=tr.device, weights_only=False)
-        model = BernoulliVAE(
-            cfg["arch"],
-            slope=cfg["slope"] or 0.1,
-            learn_prior=cfg["prior"] == "learnable",
-        ).to(tr.device)
-        model.load_state_dict(best["model"])
-        torch.manual_seed(cfg["seed"] + 7)
-        s = cfg["final_iw_samples"]
-        extra[f"best_test_iw{s}"] = model.evaluate(tr.ds.test, iw_samples=s)[f"iw{s}"]
+        extra = _final_bound(tr, out)
     res = _finish(tr, finished, extra, out)
     if not args.quiet:
         print(
@@ -757,8 +888,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _final_bound(tr: Trainer, out: Path) -> dict[str, Any]:
+    """The S-sample bound of the best-validation model on the test set; reused from
+    results.json when already computed for the same best step."""
+    cfg = tr.cfg
+    s = cfg["final_iw_samples"]
+    key = f"best_test_iw{s}"
+    best = dk.load_checkpoint(out / "best.pt", ("model", "step"), map_location=tr.device)
+    prev = _read_results(out)
+    if prev.get(key) is not None and prev.get(f"{key}_step") == best["step"]:
+        return {key: prev[key], f"{key}_step": best["step"]}
+    model = BernoulliVAE(
+        cfg["arch"],
+        slope=cfg["slope"] or 0.1,
+        learn_prior=cfg["prior"] == "learnable",
+        dtype=tr.dtype,
+    ).to(tr.device)
+    model.load_state_dict(best["model"])
+    torch.manual_seed(cfg["seed"] + 7)
+    return {key: model.evaluate(tr.ds.test, iw_samples=s)[f"iw{s}"], f"{key}_step": best["step"]}
+
+
+def _read_results(out: Path) -> dict[str, Any]:
+    try:
+        prev = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return prev if isinstance(prev, dict) else {}
+
+
 def _finish(tr: Trainer, finished: bool, extra: dict[str, Any], out: Path) -> dict[str, Any]:
     res = results(tr, finished, extra)
+    # a rerun may add to the results of the run in ``out``, never remove them (a bound computed
+    # by an earlier invocation's --final-iw-samples stays, with the step it was computed at)
+    kept = {k: v for k, v in _read_results(out).items() if k not in res}
+    res = {**res, **kept}
     _write_text(out / "results.json", json.dumps(res, indent=1))
     if tr.history:
         plot_curves(tr.history, tr.cfg, out / "learning_curves.png")

@@ -38,16 +38,19 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli
+
+import pwgf
 
 ARCHS = ("linear", "two-layer", "nonlinear")
 
 
 def bernoulli_log_prob(z: Tensor, logits: Tensor) -> Tensor:
-    """``Σ_d log Bernoulli(z_d; σ(ℓ_d))`` over the last dimension, also for relaxed z in [0, 1]."""
-    return (z * logits - F.softplus(logits)).sum(-1)
+    """``Σ_d log Bernoulli(z_d; σ(ℓ_d))`` over the last dimension, also for relaxed z in [0, 1]
+    (:func:`pwgf.bernoulli_log_prob`, so the cost works under every estimator, relaxed ones
+    included)."""
+    return pwgf.bernoulli_log_prob(z, logits).sum(-1)
 
 
 def _mlp(sizes: list[int], slope: float, dtype: torch.dtype) -> nn.Sequential:
