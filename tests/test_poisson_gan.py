@@ -2,6 +2,11 @@
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -76,8 +81,9 @@ def test_resume_reuses_finished_work(tmp_path, monkeypatch, capsys):
     # pWGF's options do not concern ST's run
     assert run(tmp_path, "--estimators", "st", "--bandwidth", "std*2") == 0
     # other settings: refused, not mixed; --fresh recomputes
-    with pytest.raises(SystemExit, match="other settings"):
-        run(tmp_path, "--estimators", "st", "--lr-g", "0.1")
+    capsys.readouterr()
+    assert run(tmp_path, "--estimators", "st", "--lr-g", "0.1") == 2
+    assert "other settings (lr_g)" in capsys.readouterr().err
     monkeypatch.undo()
     assert run(tmp_path, "--estimators", "st", "--fresh") == 0
     fresh = json.loads((tmp_path / "results.json").read_text())
@@ -85,25 +91,115 @@ def test_resume_reuses_finished_work(tmp_path, monkeypatch, capsys):
     assert fresh["estimators"]["st"]["final_rate"] == first["estimators"]["st"]["final_rate"]
 
 
-def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+def test_stopped_run_resumes_to_the_same_numbers(tmp_path):
     straight = tmp_path / "straight"
     assert run(straight, "--estimators", "pwgf") == 0
     expected = json.loads((straight / "results.json").read_text())["estimators"]["pwgf"]
 
     cut = tmp_path / "cut"
-    original = poisson_gan.Progress.update
-
-    def interrupt(self, step, lam):
-        if step == 12:
-            raise KeyboardInterrupt
-        original(self, step, lam)
-
-    monkeypatch.setattr(poisson_gan.Progress, "update", interrupt)
-    assert run(cut, "--estimators", "pwgf", "--checkpoint-every", "0") == 130
-    saved = torch.load(cut / "checkpoints" / "pwgf.pt", weights_only=False)
+    # --stop-after: the cell stops (reported failed, checkpoint kept); a rerun resumes it
+    assert run(cut, "--estimators", "pwgf", "--stop-after", "11") == 1
+    saved = torch.load(cut / "estimator-pwgf" / "checkpoint.pt", weights_only=False)
     assert saved["status"] == "partial" and saved["step"] == 11
-    monkeypatch.undo()
     assert run(cut, "--estimators", "pwgf", "--checkpoint-every", "0") == 0
     got = json.loads((cut / "results.json").read_text())["estimators"]["pwgf"]
     assert got["final_rate"] == expected["final_rate"]
     assert got["oscillation"] == expected["oscillation"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--init-rate", "0"),
+        ("--init-rate", "nan"),
+        ("--hidden", "0"),
+        ("--layers", "0"),
+        ("--seeds", "abc"),
+        ("--seeds", "1,1"),
+        ("--tail-frac", "0"),
+        ("--tail-frac", "2"),
+        ("--tail-frac", "-1"),
+        ("--d-steps", "-1"),
+        ("--record-every", "-1"),
+        ("--steps", "1"),
+        ("--lr-g", "0"),
+        ("--beta1", "1"),
+        ("--vary", "nope=1,2"),
+        ("--vary", "lr-g=0.1,0.1"),
+    ],
+)
+def test_bad_options_give_one_line_and_exit_2(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) if option == "--seeds" else nullcontext() as e:
+        rc = run(tmp_path, "--estimators", "st", option, value)
+    if option == "--seeds":
+        rc = e.value.code
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pwgf poisson-gan: error:"), err
+    assert option.lstrip("-").split("-")[0] in err[0]
+    assert not (tmp_path / "estimator-st").exists()  # nothing trained
+
+
+def test_grid_of_settings(tmp_path):
+    assert run(tmp_path, "--estimators", "st", "--vary", "discriminator=mlp,oracle") == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [g["setting"] for g in res["grid"]] == [
+        {"discriminator": "mlp"},
+        {"discriminator": "oracle"},
+    ]
+    a, b = (g["estimators"]["st"]["final_rate"] for g in res["grid"])
+    assert a != b
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert {r["discriminator"] for r in rows} == {"mlp", "oracle"} and len(rows) == 4
+    assert (tmp_path / "poisson_gan_curves_1.png").exists()
+
+
+def test_failed_checkpoint_write_leaves_no_tmp(tmp_path, monkeypatch, capsys):
+    real_save = torch.save
+
+    def disk_full(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(poisson_gan.torch, "save", disk_full)
+    assert run(tmp_path, "--estimators", "st") == 1
+    assert "No space left on device" in capsys.readouterr().out
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert not (tmp_path / "estimator-st" / "checkpoint.pt").exists()
+    monkeypatch.setattr(poisson_gan.torch, "save", real_save)
+    assert run(tmp_path, "--estimators", "st") == 0  # the failed cell runs again
+
+
+def test_write_helper_cleans_up(tmp_path, monkeypatch):
+    def fail(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(poisson_gan.os, "replace", fail)
+    with pytest.raises(OSError):
+        poisson_gan._write(tmp_path / "results.json", "{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigint_saves_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pwgf.cli", "poisson-gan", *TINY, "--steps", "1000000"]
+    cmd += ["--estimators", "st", "--checkpoint-every", "1e9", "--out", str(out)]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        # the grid's progress bar shows the cell running: training has started
+        buf = ""
+        while "running=1" not in buf:
+            ch = p.stderr.read(1)
+            assert ch, buf
+            buf += ch
+        time.sleep(1.0)
+        p.send_signal(signal.SIGINT)
+        rc = p.wait(timeout=60)
+    finally:
+        p.kill()
+    assert rc == 130
+    saved = torch.load(out / "estimator-st" / "checkpoint.pt", weights_only=False)
+    assert saved["status"] == "partial" and saved["step"] > 0
+    assert saved["history"].shape[0] == saved["step"]
+    assert not list(out.rglob("*.tmp"))

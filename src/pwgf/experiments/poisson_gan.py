@@ -13,26 +13,35 @@ so each seed's generator and discriminator only ever see their own samples. Adam
 so one optimiser over the batched tensors is the same as one optimiser per seed. The only Python
 loop is over steps.
 
+Runs go through :mod:`pwgf.experiments.sweep`: one cell per estimator (and per combination of
+``--vary OPTION=V1,V2`` values, for a grid of settings), the seeds of a cell batched as above;
+``--executor ray`` runs the cells as Ray tasks, ``--jobs N`` N at once locally.
+
 Outputs under ``--out DIR``: ``results.json`` (settings, per estimator the final λ, the mean and
-std of λ over the last stretch of each run, wall times, the paper's Table 1), ``results.csv``
-(one row per estimator and seed), ``curves.csv`` (λ per recorded step and seed) and
-``poisson_gan_curves.png`` (Figure 3). Each estimator's run is checkpointed into
-``DIR/checkpoints/``: when it finishes, and every ``--checkpoint-every`` seconds while it runs
-(with the optimiser and random-number state, so a resumed run continues where it stopped and
-gives the same numbers), so an interrupted run resumes without redoing finished work.
+std of λ over the last stretch of each run, wall times, the paper's Table 1; with ``--vary``, one
+entry per setting under ``grid``), ``results.csv`` (one row per setting, estimator and seed),
+``curves.csv`` (λ per recorded step and seed) and ``poisson_gan_curves.png`` (Figure 3; one PNG
+per setting with ``--vary``). Each cell is checkpointed in ``DIR/<cell>/checkpoint.pt``: when it
+finishes, every ``--checkpoint-every`` seconds while it runs, and on Ctrl-C (with the optimiser
+and random-number state, so a resumed run continues where it stopped and gives the same
+numbers). A finished cell is never recomputed; a checkpoint made with other settings is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +52,7 @@ import pwgf
 from pwgf.registry import resolve
 
 from . import diagkit as dk
+from . import sweep
 
 #: Table 1 of Cheng, Liu, Li, Shen, Henao & Carin, "Straight-Through Estimator as Projected
 #: Wasserstein Gradient Flow", arXiv 1910.02176 (2019), §3.1: mean and std of the inferred λ
@@ -76,15 +86,8 @@ def _step(text: str) -> float | None:
     return None if text.lower() in ("none", "0", "inf") else float(text)
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"10"`` -> seeds 0..9; ``"3,5,8"`` -> those; ``"10-19"`` -> 10..19."""
-    text = str(text).strip()
-    if "," in text:
-        return [int(s) for s in text.split(",") if s.strip()]
-    if "-" in text[1:]:
-        lo, hi = text.split("-", 1)
-        return list(range(int(lo), int(hi) + 1))
-    return list(range(int(text)))
+#: ``"10"`` -> seeds 0..9; ``"3,5,8"`` -> those; ``"10-19"`` -> 10..19 (distinct, >= 0)
+parse_seeds = sweep.parse_seeds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,9 +96,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--estimators",
         default=",".join(d),
         help=f"comma-separated estimator names ({','.join(d)})",
-    )
-    parser.add_argument(
-        "--seeds", default="10", help="number of seeds, or a list '0,3,7', or a range '10-19' (10)"
     )
     parser.add_argument("--steps", type=int, default=3000, help="generator steps (3000)")
     parser.add_argument(
@@ -175,6 +175,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="base of the training noise (0)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop each cell after N more steps, its checkpoint saved (a rerun resumes it)",
+    )
+    parser.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="OPTION=V1,V2",
+        help="run a grid: every combination of these values of the named options (repeatable; "
+        f"options: {', '.join('--' + o.replace('_', '-') for o in VARIABLE)}), one table each",
+    )
+    # one cell of the sweep per estimator and setting; the seeds of a cell train batched
+    sweep.add_sweep_arguments(parser, default_seeds="10")
 
 
 # -- the discriminators ---------------------------------------------------------------------------
@@ -267,7 +284,7 @@ def estimator_options(name: str, args: argparse.Namespace) -> dict:
 def settings_of(args: argparse.Namespace) -> dict:
     return {
         "data_rate": DATA_RATE,
-        "seeds": parse_seeds(args.seeds),
+        "seeds": list(args.seeds),
         "steps": args.steps,
         "batch": args.batch,
         "lr_g": args.lr_g,
@@ -294,42 +311,6 @@ def settings_of(args: argparse.Namespace) -> dict:
     }
 
 
-class Progress:
-    """One line on stderr, rewritten in place on a terminal, every ~10% otherwise."""
-
-    def __init__(self, label: str, total: int, start: int = 0) -> None:
-        self.label, self.total, self.start = label, total, start
-        self.tty = sys.stderr.isatty()
-        self.t0 = self.last = time.perf_counter()
-        self.next_pct = 10
-
-    def update(self, step: int, lam: Tensor) -> None:
-        now = time.perf_counter()
-        pct = 100 * step / max(self.total, 1)
-        last = step >= self.total
-        if not last and (now - self.last < 0.5 if self.tty else pct < self.next_pct):
-            return
-        self.last = now
-        while pct >= self.next_pct:
-            self.next_pct += 10
-        rate = ((step - self.start) / (now - self.t0)) if now > self.t0 else 0.0
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
-        msg = (
-            f"[poisson-gan] {self.label}: step {step}/{self.total}  λ mean {lam.mean():.3f} "
-            f"(min {lam.min():.3f}, max {lam.max():.3f})  {now - self.t0:.0f}s, eta {eta:.0f}s"
-        )
-        print(
-            ("\r" + msg + "   ") if self.tty else msg,
-            end="" if self.tty else "\n",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def done(self) -> None:
-        if self.tty:
-            print(file=sys.stderr, flush=True)
-
-
 def _rng_state(device: torch.device) -> dict:
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -344,9 +325,52 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def _save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Write ``obj`` to ``path`` through a temporary file: a reader never sees half a
+    checkpoint, and a failed write (a full disk) leaves neither a broken file nor the .tmp."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write(path: Path, text: str) -> None:
+    """``path.write_text(text)`` through a temporary file, which a failure removes."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Stopped(RuntimeError):
+    """A cell stopped by ``--stop-after`` (its checkpoint saved; the next run resumes it)."""
+
+
+class _StopOnSigint:
+    """The first Ctrl-C only sets a flag, which the training loop checks between steps, so the
+    checkpoint it then saves is of a whole step; a second Ctrl-C interrupts at once. Only in the
+    main thread (signal handlers cannot be set elsewhere, e.g. in a Ray worker's thread)."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self.old: Any = None
+
+    def __enter__(self) -> _StopOnSigint:
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
 
 
 def train(name: str, args: argparse.Namespace, settings: dict, ckpt_path: Path) -> dict:
@@ -410,9 +434,7 @@ def train(name: str, args: argparse.Namespace, settings: dict, ckpt_path: Path) 
             "wall_s": wall,
         }
 
-    progress = Progress(name, steps, start)
-    t0 = last_ckpt = time.perf_counter()
-    for step in range(start, steps):
+    def _one_step(step: int) -> None:
         rate = phi.detach().exp()
         gen = Poisson(rate)
         if opt_d is not None:
@@ -431,12 +453,23 @@ def train(name: str, args: argparse.Namespace, settings: dict, ckpt_path: Path) 
         phi.grad = grad
         opt_g.step()
         history[step] = phi.detach().exp().to(torch.float64).cpu()
-        progress.update(step + 1, history[step])
-        now = time.perf_counter()
-        if now - last_ckpt > args.checkpoint_every and step + 1 < steps:
-            _save(snapshot("partial", step + 1, wall_before + now - t0), ckpt_path)
-            last_ckpt = now
-    progress.done()
+
+    stop_after = getattr(args, "stop_after", None)
+    t0 = last_ckpt = time.perf_counter()
+    with _StopOnSigint() as sigint:
+        for step in range(start, steps):
+            _one_step(step)
+            if sigint.hit or (stop_after and step + 1 - start >= stop_after and step + 1 < steps):
+                _save(
+                    snapshot("partial", step + 1, wall_before + time.perf_counter() - t0), ckpt_path
+                )
+                if sigint.hit:
+                    raise KeyboardInterrupt
+                raise Stopped(f"{name}: stopped after step {step + 1} of {steps} (--stop-after)")
+            now = time.perf_counter()
+            if now - last_ckpt > args.checkpoint_every and step + 1 < steps:
+                _save(snapshot("partial", step + 1, wall_before + now - t0), ckpt_path)
+                last_ckpt = now
     done = snapshot("done", steps, wall_before + time.perf_counter() - t0)
     _save(done, ckpt_path)
     return done
@@ -493,14 +526,20 @@ def format_table(results: dict, settings: dict) -> str:
     return "\n".join(lines)
 
 
-def write_csvs(out: Path, results: dict, ckpts: dict, record_every: int) -> None:
-    with open(out / "results.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["estimator", "seed", "final_rate", "tail_mean", "oscillation"])
-        for name, r in results.items():
+def write_csvs(out: Path, groups: list[dict[str, Any]], record_every: int) -> None:
+    """``results.csv`` (one row per setting, estimator and seed) and ``curves.csv`` (λ per
+    recorded step), with a column per ``--vary`` option."""
+    extra = list(dict.fromkeys(k for g in groups for k in g["setting"]))
+    res = io.StringIO()
+    w = csv.writer(res, lineterminator="\n")
+    w.writerow([*extra, "estimator", "seed", "final_rate", "tail_mean", "oscillation"])
+    for g in groups:
+        pre = [g["setting"].get(k, "") for k in extra]
+        for name, r in g["estimators"].items():
             for i, s in enumerate(r["seeds"]):
                 w.writerow(
                     [
+                        *pre,
                         name,
                         s,
                         f"{r['final_rate'][i]:.6f}",
@@ -508,15 +547,19 @@ def write_csvs(out: Path, results: dict, ckpts: dict, record_every: int) -> None
                         f"{r['oscillation'][i]:.6f}",
                     ]
                 )
-    with open(out / "curves.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["estimator", "step", "seed", "rate"])
-        for name, ck in ckpts.items():
+    _write(out / "results.csv", res.getvalue())
+    cur = io.StringIO()
+    w = csv.writer(cur, lineterminator="\n")
+    w.writerow([*extra, "estimator", "step", "seed", "rate"])
+    for g in groups:
+        pre = [g["setting"].get(k, "") for k in extra]
+        for name, ck in g["ckpts"].items():
             hist = ck["history"]
             every = record_every or max(1, hist.shape[0] // 500)
             for t in [*range(every - 1, hist.shape[0] - 1, every), hist.shape[0] - 1]:
                 for i, s in enumerate(ck["settings"]["seeds"]):
-                    w.writerow([name, t + 1, s, f"{hist[t, i].item():.5f}"])
+                    w.writerow([*pre, name, t + 1, s, f"{hist[t, i].item():.5f}"])
+    _write(out / "curves.csv", cur.getvalue())
 
 
 def save_png(fig: object, path: Path, dpi: int = 80) -> None:
@@ -579,79 +622,277 @@ def plot_curves(path: Path, ckpts: dict, settings: dict) -> bool:
     return True
 
 
+#: options ``--vary`` can sweep (those that change the numbers)
+VARIABLE = (
+    "bandwidth",
+    "normalization",
+    "step",
+    "min_bandwidth",
+    "discriminator",
+    "opt_g",
+    "lr_g",
+    "lr_d",
+    "beta1",
+    "d_steps",
+    "init_rate",
+    "hidden",
+    "layers",
+    "batch",
+)
+_PWGF_ONLY = ("bandwidth", "normalization", "step", "min_bandwidth")
+#: what a cell needs of the command line to train (its config)
+_TRAIN_ARGS = (*VARIABLE, "steps", "device", "dtype", "seed", "seeds", "tail_frac")
+
+
+def _finite(v: float) -> bool:
+    return math.isfinite(v)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Reject options that cannot give a meaningful run, with one message naming the option."""
+    bad = dk.UsageError
+    if args.steps < 2:
+        raise bad(f"--steps must be >= 2, got {args.steps}")
+    if args.batch < 1:
+        raise bad(f"--batch must be >= 1, got {args.batch}")
+    if not (_finite(args.init_rate) and args.init_rate > 0):
+        raise bad(f"--init-rate must be a finite rate > 0 (λ = exp(φ)), got {args.init_rate}")
+    for opt in ("hidden", "layers", "d_steps"):
+        if getattr(args, opt) < 1:
+            raise bad(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
+    if not (_finite(args.tail_frac) and 0 < args.tail_frac <= 1):
+        raise bad(f"--tail-frac must be in (0, 1], got {args.tail_frac}")
+    if args.record_every < 0:
+        raise bad(f"--record-every must be >= 0 (0: about 500 rows a run), got {args.record_every}")
+    for opt in ("lr_g", "lr_d"):
+        v = getattr(args, opt)
+        if not (_finite(v) and v > 0):
+            raise bad(f"--{opt.replace('_', '-')} must be a finite number > 0, got {v}")
+    if not (_finite(args.beta1) and 0 <= args.beta1 < 1):
+        raise bad(f"--beta1 must be in [0, 1), got {args.beta1}")
+    if not (_finite(args.checkpoint_every) and args.checkpoint_every >= 0):
+        raise bad(f"--checkpoint-every must be a finite number >= 0, got {args.checkpoint_every}")
+    if args.min_bandwidth is not None and not (
+        _finite(args.min_bandwidth) and args.min_bandwidth > 0
+    ):
+        raise bad(f"--min-bandwidth must be a finite number > 0, got {args.min_bandwidth}")
+    if isinstance(args.bandwidth, float) and not (_finite(args.bandwidth) and args.bandwidth > 0):
+        raise bad(f"--bandwidth must be > 0 or a rule such as 'std*2', got {args.bandwidth}")
+    if args.step is not None and not (_finite(args.step) and args.step > 0):
+        raise bad(f"--step must be a finite number > 0 or 'none', got {args.step}")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise bad(f"--stop-after must be >= 1, got {args.stop_after}")
+
+
+def settings_grid(args: argparse.Namespace) -> list[tuple[dict[str, str], argparse.Namespace]]:
+    """Every combination of the ``--vary`` values: (the varied options as typed, the args)."""
+    axes: list[tuple[str, list[str]]] = []
+    for item in args.vary:
+        opt, sep, values = item.partition("=")
+        dest = opt.strip().lstrip("-").replace("-", "_")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or dest not in VARIABLE:
+            raise dk.UsageError(
+                f"--vary {item!r}: expected OPTION=V1,V2 with OPTION one of "
+                + ", ".join(o.replace("_", "-") for o in VARIABLE)
+            )
+        if not vals or len(set(vals)) != len(vals):
+            raise dk.UsageError(f"--vary {item!r}: give distinct values, comma-separated")
+        if dest in (a for a, _ in axes):
+            raise dk.UsageError(f"--vary: {opt} is given twice")
+        axes.append((dest, vals))
+    parser = argparse.ArgumentParser(prog="pwgf poisson-gan --vary", exit_on_error=False)
+    add_arguments(parser)
+    combos: list[dict[str, str]] = [{}]
+    for dest, vals in axes:
+        combos = [{**c, dest: v} for c in combos for v in vals]
+    grid = []
+    for combo in combos:
+        argv = [a for d, v in combo.items() for a in (f"--{d.replace('_', '-')}", v)]
+        ns = argparse.Namespace(**vars(args))
+        try:
+            ns = parser.parse_args(argv, namespace=ns)
+        except argparse.ArgumentError as e:
+            raise dk.UsageError(f"--vary: {e}") from None
+        validate(ns)
+        grid.append((combo, ns))
+    return grid
+
+
+def make_cells(args: argparse.Namespace, names: list[str]) -> list[sweep.Cell]:
+    cells = []
+    for combo, ns in settings_grid(args):
+        for name in names:
+            cells.append(
+                sweep.Cell(
+                    {"estimator": name, **combo},
+                    {
+                        "estimator": name,
+                        "args": {
+                            k: getattr(ns, k) if name == "pwgf" or k not in _PWGF_ONLY else None
+                            for k in _TRAIN_ARGS
+                        },
+                        "settings": settings_of(ns),
+                        "options": estimator_options(name, ns),
+                        "_checkpoint_every": ns.checkpoint_every,
+                        "_stop_after": ns.stop_after,
+                    },
+                )
+            )
+    return cells
+
+
+def train_cell(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The sweep's cell function: every seed of one estimator in one setting, checkpointed in
+    ``out_dir/checkpoint.pt`` (reused when finished, resumed when partial)."""
+    name = config["estimator"]
+    ns = argparse.Namespace(
+        **config["args"],
+        checkpoint_every=config.get("_checkpoint_every", 60.0),
+        stop_after=config.get("_stop_after"),
+    )
+    path = Path(out_dir) / "checkpoint.pt"
+    old = torch.load(path, weights_only=False) if path.exists() else None
+    if old is not None and old["status"] == "done":
+        ck = old
+    else:
+        device = torch.device(ns.device)
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            ck = train(name, ns, config["settings"], path)
+    return summarise(ck, ns.tail_frac)
+
+
+def _check_checkpoint(cell: sweep.Cell, out: Path) -> None:
+    """A checkpoint made with other settings is refused, not mixed in or silently replaced."""
+    path = out / cell.name / "checkpoint.pt"
+    if not path.exists():
+        return
+    try:
+        old = torch.load(path, weights_only=False)
+    except Exception as e:
+        raise dk.UsageError(
+            f"{path} is unreadable ({type(e).__name__}: {e}); delete it, or --fresh"
+        ) from None
+    diff = _differences(old["settings"], cell.config["settings"])
+    if old.get("options") != cell.config["options"]:
+        diff.append(f"{cell.config['estimator']} options {old.get('options')}")
+    if diff:
+        raise dk.UsageError(
+            f"{path} was made with other settings ({', '.join(diff)}); use --fresh to "
+            "recompute, or another --out"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
-    return dk.with_threads(max(args.threads, 0), lambda: _run(args))
-
-
-def _run(args: argparse.Namespace) -> int:
+    validate(args)
     names = [resolve(n.strip()) for n in args.estimators.split(",") if n.strip()]
+    if not names:
+        raise dk.UsageError("--estimators: no estimator given")
     for name in names:  # fail early, before any training
         est = pwgf.get_estimator(name, **estimator_options(name, args))
         est.family(Poisson(torch.ones(1)))
-    settings = settings_of(args)
-    if len(settings["seeds"]) < 1 or args.steps < 2 or args.batch < 1:
-        raise SystemExit("poisson-gan: need at least one seed, two steps and one sample")
+    cells = make_cells(args, names)
     out = args.out
-    ck_dir = out / "checkpoints"
-    ck_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device)
-
+    out.mkdir(parents=True, exist_ok=True)
+    for c in cells:
+        if not args.resume:
+            for f in ("checkpoint.pt", sweep.RESULT):
+                (out / c.name / f).unlink(missing_ok=True)
+        _check_checkpoint(c, out)
+    opts = sweep.sweep_options(args)
     t_start = time.perf_counter()
-    ckpts, results, reused = {}, {}, []
-    for name in names:
-        path = ck_dir / f"{name}.pt"
-        if path.exists() and not args.resume:
-            path.unlink()
-        if path.exists():
-            old = torch.load(path, weights_only=False)
-            diff = _differences(old["settings"], settings)
-            if old.get("options") != estimator_options(name, args):
-                diff.append(f"{name} options {old.get('options')}")
-            if diff:
-                raise SystemExit(
-                    f"poisson-gan: {path} was made with other settings ({', '.join(diff)}); "
-                    "use --fresh to recompute, or another --out"
-                )
-            if old["status"] == "done":
-                print(f"[poisson-gan] {name}: reusing finished run in {path}", file=sys.stderr)
-                ckpts[name] = old
-                reused.append(name)
-        if name not in ckpts:
-            cuda = [device.index or 0] if device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda):
-                ckpts[name] = train(name, args, settings, path)
-        results[name] = summarise(ckpts[name], args.tail_frac)
+    res = sweep.run_grid(cells, f"{__name__}:train_cell", out, **opts)
     wall = time.perf_counter() - t_start
+    by_cell = {r.cell.name: r for r in res}
 
-    table = format_table(results, settings)
-    print(table)
-    write_csvs(out, results, ckpts, args.record_every)
-    png = out / "poisson_gan_curves.png"
-    plotted = not args.no_plot and plot_curves(png, ckpts, settings)
-    report = {
-        "command": "poisson-gan",
-        "settings": settings,
-        "estimators": results,
-        "estimator_options": {n: estimator_options(n, args) for n in names},
-        "paper_table1": {
-            "source": PAPER_SOURCE,
-            "values": {k: {"mean": m, "std": s} for k, (m, s) in PAPER_TABLE1.items()},
-        },
-        "reused_from_checkpoint": reused,
-        "wall_s_this_invocation": wall,
-        "wall_s_training": sum(r["wall_s"] for r in results.values()),
-        "torch_threads": torch.get_num_threads(),
-        "table": table,
-        "files": {
-            "csv": "results.csv",
-            "curves": "curves.csv",
-            "png": png.name if plotted else None,
-        },
-    }
-    (out / "results.json").write_text(json.dumps(report, indent=1))
+    groups: list[dict[str, Any]] = []
+    for combo, ns in settings_grid(args):
+        g = {"setting": combo, "settings": settings_of(ns), "estimators": {}, "ckpts": {}}
+        g["reused"], g["failed"] = [], {}
+        for name in names:
+            cell = next(c for c in cells if c.key == {"estimator": name, **combo})
+            r = by_cell.get(cell.name)
+            if r is None or r.status != "done":
+                g["failed"][name] = r.error if r is not None else "not run"
+                continue
+            g["estimators"][name] = r.metrics
+            g["ckpts"][name] = torch.load(out / cell.name / "checkpoint.pt", weights_only=False)
+            if r.cached:
+                g["reused"].append(name)
+        groups.append(g)
+
+    tables = []
+    for i, g in enumerate(groups):
+        head = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in g["setting"].items())
+        table = (f"[{head}]\n" if head else "") + format_table(g["estimators"], g["settings"])
+        if g["failed"]:
+            table += "\n" + "\n".join(f"failed: {n}: {e}" for n, e in g["failed"].items())
+        tables.append(table)
+        g["png"] = "poisson_gan_curves.png" if len(groups) == 1 else f"poisson_gan_curves_{i}.png"
+    text = "\n\n".join(tables)
+    print(text)
+    try:
+        write_csvs(out, groups, args.record_every)
+        plotted = False
+        if not args.no_plot:
+            for g in groups:
+                if g["ckpts"]:
+                    plotted = plot_curves(out / g["png"], g["ckpts"], g["settings"]) or plotted
+        report = _report(args, groups, names, wall, text, plotted)
+        _write(out / "results.json", json.dumps(report, indent=1))
+    except OSError as e:
+        raise pwgf.PWGFError(f"cannot write the results under {out}: {e}") from None
+    reused = sorted({n for g in groups for n in g["reused"]})
     print(
         f"\nwall time {wall:.1f}s (training {report['wall_s_training']:.1f}s over "
-        f"{len(names)} estimators; reused: {', '.join(reused) or 'none'}); wrote "
-        f"{out / 'results.json'}, results.csv, curves.csv" + (f", {png.name}" if plotted else "")
+        f"{len(cells)} cells; reused: {', '.join(reused) or 'none'}); wrote "
+        f"{out / 'results.json'}, results.csv, curves.csv" + (", PNG" if plotted else "")
     )
-    return 0
+    return 1 if any(g["failed"] for g in groups) else 0
+
+
+def _report(
+    args: argparse.Namespace,
+    groups: list[dict[str, Any]],
+    names: list[str],
+    wall: float,
+    text: str,
+    plotted: bool,
+) -> dict[str, Any]:
+    def part(g: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "settings": g["settings"],
+            "estimators": g["estimators"],
+            "failed": g["failed"],
+            "reused_from_checkpoint": g["reused"],
+        }
+
+    report: dict[str, Any] = {"command": "poisson-gan"}
+    if len(groups) == 1:
+        report.update(part(groups[0]))
+    else:
+        report["grid"] = [{"setting": g["setting"], **part(g)} for g in groups]
+        report["settings"] = groups[0]["settings"]
+    report.update(
+        {
+            "estimator_options": {n: estimator_options(n, args) for n in names},
+            "paper_table1": {
+                "source": PAPER_SOURCE,
+                "values": {k: {"mean": m, "std": s} for k, (m, s) in PAPER_TABLE1.items()},
+            },
+            "wall_s_this_invocation": wall,
+            "wall_s_training": sum(r["wall_s"] for g in groups for r in g["estimators"].values()),
+            "torch_threads": torch.get_num_threads(),
+            "table": text,
+            "files": {
+                "csv": "results.csv",
+                "curves": "curves.csv",
+                "png": [g["png"] for g in groups] if plotted else None,
+            },
+        }
+    )
+    if len(groups) == 1:
+        report["reused_from_checkpoint"] = groups[0]["reused"]
+        report["files"]["png"] = groups[0]["png"] if plotted else None
+    return report

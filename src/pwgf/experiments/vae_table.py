@@ -8,23 +8,25 @@ learnable, with the importance-weighted bound at each evaluation. No published n
 for it here: the comparison is between estimators, side by side, at the same budget.
 
 Every estimator runs for the same number of steps (``--steps``; ``--full`` gives ARM's budget,
-1200 epochs of 1000 steps). Each cell is one ``pwgf vae`` run in ``DIR/<dataset>/<arch>/<est>/``:
-a finished cell is kept, an interrupted one resumes from its checkpoint, so rerunning the command
-continues the grid. ``--jobs`` cells run at once, in separate processes, each on
-``cpu_count // jobs`` threads. ``--measure N`` only times N training steps per cell (synthetic
-data, no evaluation) and prints steps/s and what the grid would cost.
+1200 epochs of 1000 steps). The grid (data sets x architectures x estimators x ``--seeds``) runs
+through :mod:`pwgf.experiments.sweep`: each cell is one ``pwgf vae`` run (in-process) in
+``DIR/<cell name>/``; a finished cell is kept, an interrupted one resumes from its checkpoint, so
+rerunning the command continues the grid; ``--jobs N`` runs N cells at once in worker processes,
+``--executor ray`` runs every cell as a Ray task. Tables show mean ± standard error over seeds;
+``DIR/<benchmark>.csv`` / ``.json`` keep the per-seed values. ``--measure N`` only times N
+training steps per cell (synthetic data, no evaluation) and prints steps/s and what the grid
+would cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
-import os
-import subprocess
+import math
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,8 @@ import pwgf
 from pwgf.registry import resolve
 
 from . import diagkit as dk
+from . import sweep
+from .sweep import Cell, CellResult
 
 #: Table 2 of Cheng, Liu, Li, Shen, Henao & Carin, "Straight-Through Estimator as Projected
 #: Wasserstein Gradient Flow", arXiv 1910.02176 (2019), appendix E: test negative ELBO (nats) of a
@@ -107,16 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--full", action="store_true", help=f"ARM's budget: {FULL_STEPS} steps per cell"
     )
     parser.add_argument("--eval-every", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/vae-table"))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=None,
-        help="cells run at once, each in its own process (default: min(cores, cells))",
-    )
     parser.add_argument(
         "--measure",
         type=int,
@@ -133,6 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="print the table from finished cells only"
     )
+    sweep.add_sweep_arguments(parser)
 
 
 def _split(text: str | None, default: tuple[str, ...]) -> list[str]:
@@ -159,11 +157,8 @@ def base_name(spec: str) -> str:
     return spec.split(":")[0]
 
 
-def cell_dir(out: Path, dataset: str, arch: str, est: str) -> Path:
-    return out / dataset / arch / est
-
-
-def cell_argv(args: argparse.Namespace, dataset: str, arch: str, est: str, steps: int) -> list[str]:
+def cell_argv(args: argparse.Namespace, dataset: str, arch: str, est: str, seed: int) -> list[str]:
+    """The ``pwgf vae`` arguments that define the run (where it runs: :func:`train_cell`)."""
     bench = BENCHMARKS[args.benchmark]
     argv = [
         "--dataset",
@@ -176,53 +171,80 @@ def cell_argv(args: argparse.Namespace, dataset: str, arch: str, est: str, steps
         "--preset",
         bench["preset"],
         "--steps",
-        str(steps),
+        str(args.steps),
         "--eval-every",
         str(args.eval_every),
         "--seed",
-        str(args.seed),
-        "--out",
-        str(cell_dir(args.out, dataset, arch, est)),
-        "--device",
-        args.device,
-        "--quiet",
+        str(seed),
         *bench["vae_args"],
     ]
     if args.full:
         argv += ["--final-iw-samples", "1000"]
-    if args.data_dir is not None:
-        argv += ["--data-dir", str(args.data_dir)]
     return argv + list(args.vae_arg)
 
 
-def read_result(d: Path) -> dict[str, Any] | None:
+def make_cells(args: argparse.Namespace, triples: list[tuple[str, str, str]]) -> list[Cell]:
+    cells = [
+        Cell(
+            {"dataset": ds, "arch": arch, "estimator": est, "seed": seed},
+            {
+                "argv": cell_argv(args, ds, arch, est, seed),
+                "_data_dir": None if args.data_dir is None else str(args.data_dir),
+                "_device": args.device,
+            },
+        )
+        for ds, arch, est in triples
+        for seed in args.seeds
+    ]
+    # longest first, so that parallel cells end together
+    return sorted(cells, key=lambda c: -_expected_cost(c.key["arch"], c.key["estimator"]))
+
+
+#: what a cell reports from the run's results.json
+METRICS = (
+    "test_neg_elbo",
+    "valid_neg_elbo",
+    "best_step",
+    "steps_done",
+    "final_test_neg_elbo",
+    "train_steps_per_second",
+    "train_seconds",
+    "eval_seconds",
+)
+
+
+def train_cell(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The sweep's cell function: one ``pwgf vae`` run, in this process, in ``out_dir`` (which
+    it resumes from). Its messages go to ``out_dir/log.txt``."""
+    from . import vae
+
+    argv = [*config["argv"], "--out", str(out_dir), "--quiet"]
+    if config.get("_data_dir"):
+        argv += ["--data-dir", config["_data_dir"]]
+    argv += ["--device", config.get("_device") or "cpu"]
+    parser = argparse.ArgumentParser(prog="pwgf vae", exit_on_error=False)
+    vae.add_arguments(parser)
+    log = io.StringIO()
     try:
-        return json.loads((d / "results.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def run_cell(argv: list[str], d: Path, threads: int, in_process: bool) -> tuple[int, str]:
-    """Run one ``pwgf vae``; returns (exit code, last lines of its log)."""
-    d.mkdir(parents=True, exist_ok=True)
-    argv = [*argv, "--threads", str(threads)]
-    if in_process:
-        from . import vae
-
-        parser = argparse.ArgumentParser(prog="pwgf vae")
-        vae.add_arguments(parser)
-        try:
-            return int(vae.run(parser.parse_args(argv)) or 0), ""
-        except (pwgf.PWGFError, FloatingPointError, RuntimeError) as e:
-            return 1, f"{type(e).__name__}: {e}"
-    cmd = [sys.executable, "-m", "pwgf.cli", "vae", *argv]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    with open(d / "log.txt", "a") as log:
-        log.write(f"$ {' '.join(cmd)}\n")
-        log.flush()
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    tail = (d / "log.txt").read_text().strip().splitlines()[-3:]
-    return rc, "\n".join(tail)
+        with contextlib.redirect_stderr(log):
+            try:
+                args = parser.parse_args(argv)
+            except (argparse.ArgumentError, SystemExit) as e:
+                raise RuntimeError(f"pwgf vae rejected {' '.join(argv)}: {e}") from None
+            rc = int(vae.run(args) or 0)
+    finally:
+        with open(Path(out_dir) / "log.txt", "a") as fh:
+            fh.write(log.getvalue())
+    lines = [ln for ln in log.getvalue().splitlines() if ln.strip()]
+    if rc != 0:
+        raise RuntimeError(f"pwgf vae exit code {rc}: {lines[-1] if lines else ''}")
+    res = json.loads((Path(out_dir) / "results.json").read_text())
+    if not res.get("finished"):
+        raise RuntimeError(f"pwgf vae stopped at step {res.get('steps_done')}")
+    metrics = {k: res.get(k) for k in METRICS}
+    metrics.update({k: v for k, v in res.items() if k.startswith(("test_iw", "best_test_iw"))})
+    metrics["batch_size"] = res["config"]["batch_size"]
+    return metrics
 
 
 # rough relative cost of a step (from `pwgf vae-table --measure`), to start the slow cells first
@@ -230,56 +252,95 @@ _ARCH_COST = {"linear": 1.0, "nonlinear": 1.5, "two-layer": 2.5}
 _EST_COST = {"rebar": 4.0, "relax": 4.0, "muprop": 4.0, "pwgf": 1.5}
 
 
-def _expected_cost(c: tuple[str, str, str]) -> float:
-    return _ARCH_COST.get(c[1], 1.0) * _EST_COST.get(c[2], 1.2)
+def _expected_cost(arch: str, est: str) -> float:
+    return _ARCH_COST.get(arch, 1.0) * _EST_COST.get(base_name(est), 1.2)
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _cell_text(row: dict[str, Any] | None, n_seeds: int, digits: int = 2) -> str:
+    if row is None:
+        return "-"
+    txt = sweep.format_mean_se(row, digits, n=False)
+    if row["n"] and row["n"] != n_seeds:
+        txt += f" [n={row['n']}]"
+    return txt
+
+
+def ranking(rows: list[dict[str, Any]]) -> str:
+    """Estimators from best (lowest) to worst: ``a < b`` when the gap is over twice its standard
+    error, ``a ≈ b`` otherwise."""
+    done = sorted((r for r in rows if r["mean"] is not None), key=lambda r: r["mean"])
+    parts: list[str] = []
+    for i, r in enumerate(done):
+        if i:
+            p = done[i - 1]
+            gap_se = math.hypot(p["se"] or 0.0, r["se"] or 0.0)
+            sep = " < " if gap_se and r["mean"] - p["mean"] > 2 * gap_se else " ≈ "
+            parts.append(sep)
+        parts.append(f"{r['estimator']} {sweep.format_mean_se(r, 2, n=False)}")
+    return "".join(parts) or "-"
+
+
+def paper_ranking(arch: str, ests: list[str]) -> str:
+    ref = [(e, PAPER_TABLE2.get(arch, {}).get(e)) for e in ests]
+    ref = sorted(((e, v) for e, v in ref if v is not None), key=lambda t: t[1])
+    return " < ".join(f"{e} {v:.1f}" for e, v in ref) or "-"
+
+
 def render(
     args: argparse.Namespace,
-    cells: list[tuple[str, str, str]],
-    steps: int,
+    triples: list[tuple[str, str, str]],
+    results: list[CellResult],
     skipped: dict[str, str],
-    failures: dict[tuple[str, str, str], str],
 ) -> tuple[str, dict[str, Any]]:
-    """The markdown table(s) and the same numbers as JSON."""
-    datasets = list(dict.fromkeys(c[0] for c in cells))
-    archs = list(dict.fromkeys(c[1] for c in cells))
-    ests = list(dict.fromkeys(c[2] for c in cells))
-    lines: list[str] = []
-    report: dict[str, Any] = {
-        "benchmark": args.benchmark,
-        "steps_per_cell": steps,
-        "epochs_per_cell": None,
-        "seed": args.seed,
-        "cells": [],
-        "paper": PAPER_TABLE2 if args.benchmark == "table2" else None,
-        "paper_source": PAPER_SOURCE if args.benchmark == "table2" else None,
-        "skipped": skipped,
+    """The markdown table(s) and the same numbers as JSON (with the per-seed values)."""
+    datasets = list(dict.fromkeys(t[0] for t in triples))
+    archs = list(dict.fromkeys(t[1] for t in triples))
+    ests = list(dict.fromkeys(t[2] for t in triples))
+    by = ("dataset", "arch", "estimator")
+    order = {t: i for i, t in enumerate(triples)}  # the table's order, not the run's
+    results = sorted(
+        results, key=lambda r: (order.get(tuple(r.cell.key[b] for b in by), 0), r.cell.key["seed"])
+    )
+    rows = sweep.aggregate(results, "test_neg_elbo", by)
+    index = {tuple(r[b] for b in by): r for r in rows}
+    iw_name = next(
+        (k for r in results for k in r.metrics if k.startswith("test_iw")), None
+    )  # e.g. test_iw100 (DisARM's bound)
+    iw = (
+        {tuple(r[b] for b in by): r for r in sweep.aggregate(results, iw_name, by)}
+        if iw_name
+        else {}
+    )
+    speed = {
+        tuple(r[b] for b in by): r for r in sweep.aggregate(results, "train_steps_per_second", by)
     }
+    batch = next((r.metrics.get("batch_size") for r in results if r.status == "done"), 50)
     paper = args.benchmark == "table2"
-    results = {c: read_result(cell_dir(args.out, *c)) for c in cells}
-    batch = next((r["config"]["batch_size"] for r in results.values() if r), 50)
-    unfinished = False
+    n_seeds = len(args.seeds)
+    iw_limit = _last_option(BENCHMARKS[args.benchmark]["vae_args"] + args.vae_arg, "--iw-limit")
+    lines: list[str] = []
     for ds in datasets:
         budget = (
-            f"{steps} steps of batch {batch} per cell ({steps * batch / 50000:g} epochs of 50000 "
-            f"images), seed {args.seed}, same budget for every estimator"
+            f"{args.steps} steps of batch {batch} per cell ({args.steps * batch / 50000:g} epochs "
+            f"of 50000 images), seeds {_seeds_text(args.seeds)}, same budget for every estimator"
         )
         if paper:
             lines.append(
-                f"Table 2 (test negative ELBO, nats, lower is better; {ds}). Ours: at the best "
-                f"validation point within {budget}. In parentheses: the paper ({PAPER_SOURCE}), "
-                "ARM's budget of 1200 epochs."
+                f"Table 2 (test negative ELBO, nats, lower is better; {ds}): mean ± standard "
+                f"error over {n_seeds} seed(s), at the best validation point within {budget}. In "
+                f"parentheses: the paper ({PAPER_SOURCE}), one run at ARM's budget of 1200 epochs."
             )
         else:
             lines.append(
                 f"DisARM benchmark, {ds} (dynamic binarisation): test negative ELBO at the best "
-                f"validation point, and the 100-sample bound there [in brackets, on the first "
-                f"1000 test images]; {budget}. No published numbers are kept for comparison."
+                f"validation point, mean ± s.e. over {n_seeds} seed(s) [in brackets: the "
+                f"{iw_name or 'importance-weighted'} bound there, on the first "
+                f"{iw_limit} test images]; "
+                f"{budget}."
             )
         lines.append("")
         lines.append("| architecture | " + " | ".join(ests) + " |")
@@ -287,65 +348,79 @@ def render(
         for arch in archs:
             row = [arch]
             for est in ests:
-                res = results.get((ds, arch, est))
-                if (ds, arch, est) in failures:
-                    txt = "failed"
-                elif res is None:
-                    txt = "-"
-                else:
-                    txt = _fmt(res.get("test_neg_elbo"))
-                    if not res.get("finished") or res.get("steps_done") != steps:
-                        txt += f"* ({res.get('steps_done')} steps)"
-                        unfinished = True
-                    iw = next((v for k, v in res.items() if k.startswith("test_iw")), None)
-                    if iw is not None:
-                        txt += f" [{_fmt(iw)}]"
+                txt = _cell_text(index.get((ds, arch, est)), n_seeds)
+                if (ds, arch, est) in iw and iw[(ds, arch, est)]["mean"] is not None:
+                    txt += f" [{sweep.format_mean_se(iw[(ds, arch, est)], 2, n=False)}]"
                 if paper:
                     ref = PAPER_TABLE2.get(arch, {}).get(est, "absent")  # plain names only
                     if ref != "absent":
                         txt += f" ({'n/a' if ref is None else _fmt(ref)})"
                 row.append(txt)
-                report["cells"].append(
-                    {
-                        "dataset": ds,
-                        "arch": arch,
-                        "estimator": est,
-                        "test_neg_elbo": None if res is None else res.get("test_neg_elbo"),
-                        "valid_neg_elbo": None if res is None else res.get("valid_neg_elbo"),
-                        "steps_done": None if res is None else res.get("steps_done"),
-                        "train_steps_per_second": None
-                        if res is None
-                        else res.get("train_steps_per_second"),
-                        "paper": PAPER_TABLE2.get(arch, {}).get(est) if paper else None,
-                        "failure": failures.get((ds, arch, est)),
-                    }
-                )
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-        lines.append(f"Training steps per second ({ds}; one process per cell):")
+        lines.append(
+            f"Ranking ({ds}; '<': gap over 2 standard errors, '≈': within)"
+            + (", and the paper's:" if paper else ":")
+        )
+        lines.append("")
+        for arch in archs:
+            ours = [index[k] for k in ((ds, arch, e) for e in ests) if k in index]
+            lines.append(f"- {arch}: {ranking(ours)}")
+            if paper:
+                lines.append(f"  - paper: {paper_ranking(arch, ests)}")
+        lines.append("")
+        lines.append(f"Training steps per second ({ds}; mean over seeds, one cell per process):")
         lines.append("")
         lines.append("| architecture | " + " | ".join(ests) + " |")
         lines.append("|---|" + "---|" * len(ests))
         for arch in archs:
-            row = [arch]
-            for est in ests:
-                res = results.get((ds, arch, est))
-                row.append(_fmt(res.get("train_steps_per_second") if res else None, 0))
-            lines.append("| " + " | ".join(row) + " |")
+            cells = [speed.get((ds, arch, e)) for e in ests]
+            lines.append(
+                "| " + arch + " | " + " | ".join(_fmt(c and c["mean"], 0) for c in cells) + " |"
+            )
         lines.append("")
-    notes = [
-        "* unfinished cell (interrupted, or still running): the value so far."
-        if unfinished
-        else "",
-        "Estimators not run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items())
-        if skipped
-        else "",
-    ]
-    notes += [f"failed: {'/'.join(c)}: {msg}" for c, msg in failures.items()]
-    lines += [n for n in notes if n]
-    report["batch_size"] = batch
-    report["epochs_per_cell"] = steps * batch / 50000
+    failed = [r for r in results if r.status == "failed"]
+    missing = len(triples) * n_seeds - len(results)
+    if missing:
+        lines.append(f"- : {missing} cell(s) not run yet (rerun the command to continue).")
+    if skipped:
+        lines.append("Estimators not run: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))
+    lines += [f"failed: {r.cell.label()}: {r.error}" for r in failed]
+    for r in rows:
+        r["paper"] = PAPER_TABLE2.get(r["arch"], {}).get(r["estimator"]) if paper else None
+    report: dict[str, Any] = {
+        "benchmark": args.benchmark,
+        "steps_per_cell": args.steps,
+        "batch_size": batch,
+        "epochs_per_cell": args.steps * batch / 50000,
+        "seeds": args.seeds,
+        "metric": "test_neg_elbo",
+        "rows": rows,
+        "iw_metric": iw_name,
+        "iw_rows": list(iw.values()),
+        "train_steps_per_second": list(speed.values()),
+        "failed": [{"key": r.cell.key, "error": r.error} for r in failed],
+        "paper_source": PAPER_SOURCE if paper else None,
+        "skipped": skipped,
+    }
     return "\n".join(lines), report
+
+
+def _last_option(argv: list[str], name: str) -> str | None:
+    """The value of the last ``name`` in ``argv`` (``--x 3`` or ``--x=3``), as argparse sees it."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    if seeds == list(range(len(seeds))):
+        return f"0-{len(seeds) - 1}" if len(seeds) > 1 else "0"
+    return ",".join(map(str, seeds))
 
 
 def measure(args: argparse.Namespace, cells: list[tuple[str, str, str]], steps: int) -> int:
@@ -353,8 +428,8 @@ def measure(args: argparse.Namespace, cells: list[tuple[str, str, str]], steps: 
 
     if args.device != "cpu":
         print("--measure times the CPU step only; ignoring --device", file=sys.stderr)
-    jobs = args.jobs or min(os.cpu_count() or 1, len(cells))
-    threads = max(1, (os.cpu_count() or 1) // jobs)  # as each cell of the grid would run
+    jobs = args.jobs
+    threads = max(1, int(args.cpus_per_cell))  # as each cell of the grid would run
     torch.set_num_threads(threads)
     archs = list(dict.fromkeys(c[1] for c in cells))
     ests = ["plain", *dict.fromkeys(c[2] for c in cells)]
@@ -371,27 +446,44 @@ def measure(args: argparse.Namespace, cells: list[tuple[str, str, str]], steps: 
     print("|---|" + "---|" * len(ests))
     for arch in archs:
         print("| " + arch + " | " + " | ".join(f"{table[arch][e]:.0f}" for e in ests) + " |")
-    seconds = sum(steps / table[c[1]][c[2]] for c in cells)
+    seconds = len(args.seeds) * sum(steps / table[c[1]][c[2]] for c in cells)
     print(
-        f"\nGrid of {len(cells)} cells at {steps} steps each: about {seconds / 3600:.2f} h of "
+        f"\nGrid of {len(cells)} cells x {len(args.seeds)} seed(s) at {steps} steps each: "
+        f"about {seconds / 3600:.2f} h of "
         f"training on one process; about {seconds / 3600 / jobs:.2f} h with --jobs {jobs} if "
         "the cores are free (evaluation adds ~0.5 s per 1000 steps per cell)."
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(
         json.dumps(
-            {"threads": threads, "timed_steps": args.measure, "steps_per_s": table}, indent=1
+            {
+                "threads": threads,
+                "timed_steps": args.measure,
+                "steps_per_s": table,
+                "core_hours": seconds * threads / 3600,
+            },
+            indent=1,
         )
     )
     return 0
 
 
+def _fail(msg: str) -> int:
+    raise dk.UsageError(msg)
+
+
 def run(args: argparse.Namespace) -> int:
     bench = BENCHMARKS[args.benchmark]
     if args.full and args.steps is not None:
-        print("pwgf vae-table: --full and --steps exclude each other", file=sys.stderr)
-        return 2
-    steps = FULL_STEPS if args.full else (args.steps or DEFAULT_STEPS)
+        return _fail("--full and --steps exclude each other")
+    for name in ("steps", "eval_every"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            return _fail(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if args.measure < 0:
+        return _fail(f"--measure must be >= 0, got {args.measure}")
+    opts = sweep.sweep_options(args)
+    args.steps = FULL_STEPS if args.full else (args.steps or DEFAULT_STEPS)
     skipped: dict[str, str] = {}
     ests: list[str] = []
     for name in _split(args.estimators, bench["estimators"]):
@@ -400,90 +492,69 @@ def run(args: argparse.Namespace) -> int:
             skipped[name] = "not registered for Bernoulli"
         elif canon not in ests:
             ests.append(canon)
-    cells = [
+    triples = [
         (ds, arch, est)
         for ds in _split(args.datasets, bench["datasets"])
         for arch in _split(args.archs, bench["archs"])
         for est in ests
     ]
+    if not triples:
+        return _fail("no cells: no registered estimator, architecture or data set given")
     if args.measure:
-        return measure(args, cells, steps)
-    failures: dict[tuple[str, str, str], str] = {}
-    if not args.report_only:
-        todo = []
-        for c in cells:
-            res = read_result(cell_dir(args.out, *c))
-            if res and res.get("finished") and res.get("steps_target") == steps:
-                continue
-            todo.append(c)
-        todo.sort(key=_expected_cost, reverse=True)  # longest first: the jobs end together
-        jobs = max(1, args.jobs or min(os.cpu_count() or 1, max(len(todo), 1)))
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        return measure(args, triples, args.steps)
+    cells = make_cells(args, triples)
+    if args.report_only:
+        results = sweep.read_results(cells, args.out)
+    else:
         print(
-            f"pwgf vae-table: {len(cells)} cells ({len(cells) - len(todo)} already done), "
-            f"{steps} steps each, {jobs} at a time x {threads} thread(s) -> {args.out}",
+            f"pwgf vae-table: {len(cells)} cells ({len(triples)} x {len(args.seeds)} seeds), "
+            f"{args.steps} steps each, executor {args.executor} -> {args.out}",
             file=sys.stderr,
         )
-        t_start = time.perf_counter()
-
-        def work(c: tuple[str, str, str]) -> None:
-            t0 = time.perf_counter()
-            rc, tail = run_cell(
-                cell_argv(args, *c, steps), cell_dir(args.out, *c), threads, jobs == 1
-            )
-            res = read_result(cell_dir(args.out, *c))
-            if rc != 0 or res is None:
-                failures[c] = tail.replace("\n", " | ")[-300:] or f"exit code {rc}"
-                state = f"FAILED ({failures[c]})"
-            else:
-                state = f"test -ELBO {_fmt(res.get('test_neg_elbo'), 2)}"
-            print(
-                f"  {'/'.join(c)}: {state} in {time.perf_counter() - t0:.0f} s "
-                f"(grid {time.perf_counter() - t_start:.0f} s)",
-                file=sys.stderr,
-            )
-
-        if jobs == 1:
-            for c in todo:
-                work(c)
-        else:
-            with ThreadPoolExecutor(jobs) as pool:
-                list(pool.map(work, todo))
-    text, report = render(args, cells, steps, skipped, failures)
+        results = sweep.run_grid(cells, f"{__name__}:train_cell", args.out, **opts)
+    text, report = render(args, triples, results, skipped)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.benchmark}.md").write_text(text + "\n")
-    (args.out / f"{args.benchmark}.json").write_text(json.dumps(report, indent=1))
-    if plot_curves(args.out, cells, args.out / f"{args.benchmark}_curves.png"):
+    stem = args.out / args.benchmark
+    stem.with_suffix(".md").write_text(text + "\n")
+    (args.out / f"{args.benchmark}_report.json").write_text(json.dumps(report, indent=1))
+    sweep.write_rows(report["rows"], stem)
+    order = {t: i for i, t in enumerate(triples)}  # panels in the table's order
+    in_order = sorted(
+        cells, key=lambda c: order[(c.key["dataset"], c.key["arch"], c.key["estimator"])]
+    )
+    if plot_curves(args.out, in_order, args.out / f"{args.benchmark}_curves.png"):
         print(f"wrote {args.out / (args.benchmark + '_curves.png')}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if any(r.status == "failed" for r in results) else 0
 
 
-def plot_curves(out: Path, cells: list[tuple[str, str, str]], path: Path) -> bool:
-    """Validation negative ELBO against the step, one panel per (dataset, architecture), one
-    line per estimator, from the cells' history.csv; False without matplotlib or data."""
+def plot_curves(out: Path, cells: list[Cell], path: Path) -> bool:
+    """Validation negative ELBO against the step, one panel per (dataset, architecture), one line
+    per estimator (mean over seeds, ±1 s.e. band), from the cells' history.csv; False without
+    matplotlib or data."""
     plt = dk.pyplot(quiet=True)
     if plt is None:
         return False
-    panels = list(dict.fromkeys((ds, arch) for ds, arch, _ in cells))
-    curves: dict[tuple[str, str], list[tuple[str, list[float], list[float]]]] = {}
-    for ds, arch, est in cells:
-        hist = cell_dir(out, ds, arch, est) / "history.csv"
-        if not hist.exists():
+    curves: dict[tuple[str, str], dict[str, list[tuple[list[int], list[float]]]]] = {}
+    for c in cells:
+        hist = out / c.name / "history.csv"
+        if not (out / c.name / sweep.RESULT).exists() or not hist.exists():
             continue
         with open(hist) as fh:
             rows = [r for r in csv.DictReader(fh) if r.get("valid_neg_elbo")]
         rows = [r for r in rows if int(r["step"]) > 0]  # step 0 dwarfs the rest
         if rows:
-            xs = [int(r["step"]) for r in rows]
-            ys = [float(r["valid_neg_elbo"]) for r in rows]
-            curves.setdefault((ds, arch), []).append((est, xs, ys))
+            k = c.key
+            curves.setdefault((k["dataset"], k["arch"]), {}).setdefault(k["estimator"], []).append(
+                ([int(r["step"]) for r in rows], [float(r["valid_neg_elbo"]) for r in rows])
+            )
     if not curves:
         return False
+    panels = list(curves)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, key in zip(axes[0], panels, strict=True):
-        for est, xs, ys in curves.get(key, []):
-            ax.plot(xs, ys, label=est)
+        for est, runs in curves[key].items():
+            sweep.band(ax, runs, est)
         ax.set_title(f"{key[0]} {key[1]}", fontsize=10)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
