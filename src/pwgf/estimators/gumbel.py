@@ -25,6 +25,24 @@ to the exact sample ``argmax(ℓ + G)`` (``1[ℓ + L > 0]``).
   ``z + y - stopgrad(y)``, so ĝ = (1/K) Σ_k (∂y_k/∂θ)ᵀ ∇f(z_k). Its value is an unbiased
   estimate of E[f(z)]; the gradient is biased at every τ.
 
+Poisson(λ) (the generalised Gumbel-softmax: Joo, Kim, Shin, Yang & Moon, "Generalized
+Gumbel-Softmax Gradient Estimator for Various Discrete Random Variables", arXiv 2003.01847; the
+Hitchhiker's GSM, Ibrahim et al., arXiv 2602.03896): the count is a categorical over a finite
+window of support points ``x_0 < ... < x_{M-1}`` with logits ``x log λ - λ - log x!`` (the
+log-pmf; the common ``-λ`` does not change the softmax),
+
+    y = softmax((ℓ + G) / τ) over the window,   relaxed value  z̃ = Σ_m x_m y_m,
+    hard value  x_{argmax(ℓ + G)}.
+
+The window is the library's (:func:`pwgf.truncation.poisson_grid` at ``tail`` = 1e-10, per
+atom ``lo + arange(M)``, so ``{0..M-1}`` for small rates and a band of width O(√λ) around λ for
+large ones). Tail mass: the softmax over the window *renormalises* the Poisson onto it, i.e. the
+hard value is an exact draw from Poisson(λ) conditioned on the window, whose total-variation
+distance from Poisson(λ) is the left-out mass, at most ``tail``. The log-pmf is formed in
+float64 (its terms are O(λ log λ) and cancel) and cast back; ``log λ`` uses ``max(λ, tiny)``,
+so λ = 0 is the point mass at 0 with a zero (not NaN) gradient. The window's width is read
+from the largest rate (one host synchronisation a call).
+
 The estimators' randomness is the noise u (``draw``), not the discrete sample, so they are not
 ``per_sample``: their exact expectation is an integral over u (the tests use quadrature). For a
 distribution built from probabilities, ℓ is ``dist.logits`` as torch derives it from the probs,
@@ -40,6 +58,7 @@ from torch import Tensor
 
 from ..errors import PWGFError
 from ..families import Family
+from ..truncation import DEFAULT_TAIL, poisson_window
 from .base import CostFn, Estimator, average, evaluate
 
 
@@ -56,13 +75,33 @@ def check_temperature(name: str, temperature: float) -> float:
 
 
 def uniform_noise(fam: Family, n: int) -> Tensor:
-    """``n`` draws of U(0, 1) noise, shape ``(n, *fam.shape)``, kept away from 0."""
-    u = torch.rand((n, *fam.shape), dtype=fam.dtype, device=fam.device)
+    """``n`` draws of U(0, 1) noise, shape ``(n, *fam.shape)`` (Poisson: ``(n, *fam.shape, M)``
+    for the M points of its window), kept away from 0."""
+    extra = (poisson_window(fam.base.rate)[1],) if fam.name == "poisson" else ()
+    u = torch.rand((n, *fam.shape, *extra), dtype=fam.dtype, device=fam.device)
     return u.clamp_(min=torch.finfo(fam.dtype).tiny)
+
+
+def poisson_support(fam: Family, width: int) -> tuple[Tensor, Tensor]:
+    """Window points ``(*shape, M)`` (detached) and the log-pmf there, differentiable in λ."""
+    rate = fam.base.rate
+    lo, w = poisson_window(rate, DEFAULT_TAIL)
+    if w != width:
+        raise PWGFError(
+            f"{fam.name}: noise for a window of {width} points, but the rates need {w}; draw "
+            "the noise for the same distribution"
+        )
+    x = lo.unsqueeze(-1) + torch.arange(width, dtype=rate.dtype, device=rate.device)
+    lam = rate.double().clamp(min=torch.finfo(torch.float64).tiny).unsqueeze(-1)
+    xd = x.double()
+    log_p = xd * torch.log(lam) - lam - torch.lgamma(xd + 1)
+    return x, log_p.to(rate.dtype)
 
 
 def perturbed_logits(fam: Family, u: Tensor) -> Tensor:
     """``ℓ + noise`` (logistic for Bernoulli, Gumbel for categorical), differentiable in ℓ."""
+    if fam.name == "poisson":
+        return poisson_support(fam, u.shape[-1])[1] - torch.log(-torch.log(u))
     logits = fam.base.logits
     if fam.name == "bernoulli":
         return logits + torch.logit(u)
@@ -73,6 +112,9 @@ def relaxed(fam: Family, x: Tensor, tau: float) -> Tensor:
     """The relaxed sample y(θ, u) at temperature τ, from ``x = perturbed_logits(fam, u)``."""
     if fam.name == "bernoulli":
         return torch.sigmoid(x / tau)
+    if fam.name == "poisson":
+        points = poisson_support(fam, x.shape[-1])[0]
+        return (torch.softmax(x / tau, dim=-1) * points).sum(-1)
     return torch.softmax(x / tau, dim=-1)
 
 
@@ -81,11 +123,14 @@ def hard(fam: Family, x: Tensor) -> Tensor:
     x = x.detach()
     if fam.name == "bernoulli":
         return (x > 0).to(x.dtype)
+    if fam.name == "poisson":
+        points = poisson_support(fam, x.shape[-1])[0]
+        return points.expand_as(x).gather(-1, x.argmax(-1, keepdim=True)).squeeze(-1)
     return torch.zeros_like(x).scatter_(-1, x.argmax(-1, keepdim=True), 1.0)
 
 
 class _GumbelBase(Estimator):
-    families = ("bernoulli", "categorical")
+    families = ("bernoulli", "categorical", "poisson")
     biased = True
     pathwise = True  # pwgf.sample serves it (see ``sample``)
     per_sample = False  # the randomness is the noise u, not the discrete sample
