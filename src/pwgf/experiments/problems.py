@@ -18,6 +18,9 @@ class Problem:
     make: Callable[[Tensor], Distribution]
     f: Callable[[Tensor], Tensor]
     description: str
+    #: ``v ↦ H v``, H the exact Hessian of ``E f`` in ``param`` (``v``: ``(..., *param.shape)``);
+    #: where known, the diagnostics add the BiasEnergy / NoiseEnergy measures
+    hvp: Callable[[Tensor], Tensor] | None = None
 
     def dist(self) -> Distribution:
         return self.make(self.param)
@@ -47,6 +50,37 @@ def poisson_nonlinear(dtype=torch.float64) -> Problem:
         lambda p: Independent(Poisson(p), 1),
         lambda z: torch.sqrt(1 + z).mul(w).sum(-1) + 0.05 * z[..., 0] * z[..., 2],
         "Poisson(λ = 0.5, 3, 12), f(z) = Σ w_d sqrt(1 + z_d) + 0.05 z_1 z_3",
+    )
+
+
+def poisson_linear_gaussian(
+    rates: tuple[float, ...] = (0.05, 0.5, 2.0),
+    pixels: int = 6,
+    seed: int = 0,
+    dtype=torch.float64,
+) -> Problem:
+    """A small P-VAE (Vafaii et al. 2024) decoder: Poisson latents z of rates λ, a linear
+    Gaussian decoder, ``f(z) = ‖x - Φz‖²``. ``E f = ‖x - Φλ‖² + Σ_k λ_k ‖φ_k‖²``, so the exact
+    gradient ``-2Φᵀ(x - Φλ) + ‖φ_k‖²`` and Hessian ``2ΦᵀΦ`` (in λ) are closed form; ST's mean
+    misses the ``‖φ_k‖²`` term, the one that makes a P-VAE sparse."""
+    g = torch.Generator().manual_seed(seed)
+    lam = torch.tensor(rates, dtype=dtype)
+    phi = torch.randn(pixels, len(rates), generator=g, dtype=dtype) / len(rates) ** 0.5
+    x = torch.rand(pixels, generator=g, dtype=dtype)
+    gram = 2 * phi.T @ phi
+
+    def f(z: Tensor) -> Tensor:
+        return (x - z @ phi.T).pow(2).sum(-1)
+
+    return Problem(
+        f"poisson-pvae-{len(rates)}",
+        "poisson",
+        lam,
+        lambda p: Independent(Poisson(p), 1),
+        f,
+        f"P-VAE-like: {len(rates)} Poisson(λ = {', '.join(f'{r:g}' for r in rates)}), "
+        f"f(z) = ‖x - Φz‖², Φ {pixels}x{len(rates)}",
+        hvp=lambda v: v @ gram,
     )
 
 
