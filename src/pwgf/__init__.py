@@ -58,7 +58,7 @@ def sample(dist: object, estimator: str = "pwgf", n_samples: int = 1, **options:
 
     Returns:
         Samples ``(n_samples, *dist.batch_shape, *dist.event_shape)`` in the parameter's dtype
-        and device: discrete values (relaxed ones for ``gumbel-softmax`` and ``eat``).
+            and device: discrete values (relaxed ones for ``gumbel-softmax`` and ``eat``).
 
     Raises:
         NeedsCostFunctionError: the estimator (or an option, such as ``pwgf``'s ``step``) must

@@ -97,7 +97,7 @@ def exact_expectation(
         max_configs: refuse problems with more joint configurations than this.
         chunk: configurations per call of ``f`` (memory stays at one chunk).
         tail: Poisson only: the support is truncated to a window that leaves out at most this
-            mass per coordinate (:mod:`pwgf.truncation`).
+            mass per coordinate (``pwgf.truncation``).
 
     Returns:
         ``E[f(z)]``, shape ``S``, differentiable in θ and in f's parameters.

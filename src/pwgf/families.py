@@ -53,7 +53,7 @@ class Family(ABC):
     reported for it (and reach whatever produced it). An estimator reads from the family the
     atoms' means μ(θ) and variances, samples and their log-probabilities, the kernel metric of
     pWGF-MMD, and, for exact sums, the support grid (truncated for Poisson,
-    :mod:`pwgf.truncation`).
+    ``pwgf.truncation``).
     """
 
     name: str
@@ -486,13 +486,13 @@ def as_family(dist: object) -> Family:
             ``Independent``.
 
     Returns:
-        The family; a :class:`Family` is returned unchanged.
+        The family; a ``Family`` is returned unchanged.
 
     Raises:
         UnsupportedDistributionError: any other distribution (the message names the supported
             ones).
         InvalidParameterError: non-finite or out-of-range parameters, when validation is on
-            (:mod:`pwgf.validation`).
+            (``pwgf.validation``).
     """
     if isinstance(dist, Family):
         return dist

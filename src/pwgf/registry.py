@@ -190,14 +190,14 @@ class EstimatorInfo:
 
 
 def list_estimators() -> list[EstimatorInfo]:
-    """Every registered estimator, in registry order, as an :class:`EstimatorInfo`: its name,
+    """Every registered estimator, in registry order, as an ``EstimatorInfo``: its name,
     aliases, families, evaluations of f per sample, bias, whether it works through
     ``pwgf.sample`` (``pathwise``), whether it has parameters of its own (``learnable``), its
     least number of samples, whether it evaluates f at relaxed points, and its options as
     ``{option: "default: meaning"}``. ``pwgf estimators`` prints this as a table.
 
     Returns:
-        One :class:`EstimatorInfo` per estimator.
+        One ``EstimatorInfo`` per estimator.
     """
     out = []
     for name in _TABLE:
