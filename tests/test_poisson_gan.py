@@ -1,5 +1,6 @@
 """`pwgf poisson-gan`: outputs, convergence where it is certain, and resume."""
 
+import argparse
 import csv
 import json
 import signal
@@ -203,3 +204,16 @@ def test_sigint_saves_a_checkpoint(tmp_path):
     assert saved["status"] == "partial" and saved["step"] > 0
     assert saved["history"].shape[0] == saved["step"]
     assert not list(out.rglob("*.tmp"))
+
+
+def test_estimator_specs_carry_options():
+    """``--estimators 'st,pwgf:bandwidth=2,min_bandwidth=0.5'``: the library's spec spelling, with
+    the options written in it overriding the command's pWGF flags."""
+    parser = argparse.ArgumentParser()
+    poisson_gan.add_arguments(parser)
+    args = parser.parse_args([])
+    assert poisson_gan.canonical_spec("pwgf-mmd:bandwidth=2") == "pwgf:bandwidth=2"
+    opts = poisson_gan.estimator_options("pwgf:bandwidth=2,min_bandwidth=0.5", args)
+    assert opts["bandwidth"] == 2 and opts["min_bandwidth"] == 0.5
+    assert poisson_gan.estimator_options("pwgf", args)["bandwidth"] == "std*2"
+    assert poisson_gan.estimator_options("st", args) == {}

@@ -120,3 +120,10 @@ def test_ranking_marks_ties():
     ]
     assert vae_table.ranking(rows) == "a 100.00 ± 0.10 ≈ b 100.10 ± 0.10 < c 105.00 ± 0.10"
     assert pwgf  # the registry is importable
+
+
+def test_library_spec_spelling_is_read():
+    assert vae_table.registered("pwgf-mmd:step=0.5,bandwidth=2") == "pwgf:step=0.5:bandwidth=2"
+    assert vae_table.registered("pwgf:step=0.5") == "pwgf:step=0.5"
+    assert vae_table.base_name("pwgf:step=0.5:bandwidth=2") == "pwgf"
+    assert vae_table.registered("no-such-estimator") is None

@@ -49,7 +49,7 @@ from torch import Tensor
 from torch.distributions import Poisson
 
 import pwgf
-from pwgf.registry import resolve
+from pwgf.registry import format_spec, parse_spec, resolve, split_specs
 
 from . import diagkit as dk
 from . import sweep
@@ -263,7 +263,25 @@ class OracleD:
 
 
 # -- one estimator, all seeds at once -------------------------------------------------------------
-def estimator_options(name: str, args: argparse.Namespace) -> dict:
+def canonical_spec(spec: str) -> str:
+    """``spec`` (a name or ``name:key=value,...``) with the registry's name for the estimator."""
+    name, options = parse_spec(spec)
+    return format_spec(resolve(name), options)
+
+
+def base_name(spec: str) -> str:
+    return resolve(parse_spec(spec)[0])
+
+
+def estimator_options(spec: str, args: argparse.Namespace) -> dict:
+    """The estimator's options: pWGF's come from the command's flags (or the library's defaults),
+    and options written in the spec (``pwgf:bandwidth=2``) override them."""
+    name, written = parse_spec(spec)
+    name = resolve(name)
+    return {**_flag_options(name, args), **written}
+
+
+def _flag_options(name: str, args: argparse.Namespace) -> dict:
     if name == "pwgf":
         opts = {
             "bandwidth": args.bandwidth,
@@ -379,7 +397,7 @@ def train(name: str, args: argparse.Namespace, settings: dict, ckpt_path: Path) 
     dtype = getattr(torch, args.dtype)
     seeds = settings["seeds"]
     n_seeds, steps, k = len(seeds), args.steps, args.batch
-    est = pwgf.get_estimator(name, **estimator_options(name, args))
+    est = pwgf.get_estimator(base_name(name), **estimator_options(name, args))
     k = max(k, est.min_samples)
 
     phi = torch.full((n_seeds,), math.log(args.init_rate), dtype=dtype, device=device)
@@ -723,13 +741,14 @@ def make_cells(args: argparse.Namespace, names: list[str]) -> list[sweep.Cell]:
     cells = []
     for combo, ns in settings_grid(args):
         for name in names:
+            is_pwgf = base_name(name) == "pwgf"
             cells.append(
                 sweep.Cell(
                     {"estimator": name, **combo},
                     {
                         "estimator": name,
                         "args": {
-                            k: getattr(ns, k) if name == "pwgf" or k not in _PWGF_ONLY else None
+                            k: getattr(ns, k) if is_pwgf or k not in _PWGF_ONLY else None
                             for k in _TRAIN_ARGS
                         },
                         "settings": settings_of(ns),
@@ -786,11 +805,11 @@ def _check_checkpoint(cell: sweep.Cell, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     validate(args)
-    names = [resolve(n.strip()) for n in args.estimators.split(",") if n.strip()]
+    names = [canonical_spec(n) for n in split_specs(args.estimators)]
     if not names:
         raise dk.UsageError("--estimators: no estimator given")
     for name in names:  # fail early, before any training
-        est = pwgf.get_estimator(name, **estimator_options(name, args))
+        est = pwgf.get_estimator(base_name(name), **estimator_options(name, args))
         est.family(Poisson(torch.ones(1)))
     cells = make_cells(args, names)
     out = args.out

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 import pwgf
-from pwgf.registry import resolve
+from pwgf.registry import parse_spec, resolve, split_specs
 
 from . import diagkit as dk
 from . import sweep
@@ -141,20 +141,21 @@ def registered(spec: str) -> str | None:
     """The canonical spec if its estimator is registered and supports Bernoulli, else None.
 
     A spec is a name, optionally with options: ``NAME:key=value:key=value`` (values as for
-    ``pwgf vae --estimator-option``), e.g. ``pwgf:bandwidth=std`` or ``pwgf:step=0.5``.
+    ``pwgf vae --estimator-option``), e.g. ``pwgf:bandwidth=std`` or ``pwgf:step=0.5``; the
+    library's spelling ``pwgf:step=0.5,bandwidth=2`` is read too.
     """
-    name, *opts = spec.split(":")
+    name, options = parse_spec(spec)
     try:
         canon = resolve(name)
     except pwgf.UnknownEstimatorError:
         return None
     if canon not in pwgf.estimators_for("bernoulli"):
         return None
-    return ":".join([canon, *opts])
+    return ":".join([canon, *(f"{k}={v}" for k, v in options.items())])
 
 
 def base_name(spec: str) -> str:
-    return spec.split(":")[0]
+    return parse_spec(spec)[0]
 
 
 def cell_argv(args: argparse.Namespace, dataset: str, arch: str, est: str, seed: int) -> list[str]:
@@ -167,7 +168,7 @@ def cell_argv(args: argparse.Namespace, dataset: str, arch: str, est: str, seed:
         arch,
         "--estimator",
         base_name(est),
-        *[a for opt in est.split(":")[1:] for a in ("--estimator-option", opt)],
+        *[a for k, v in parse_spec(est)[1].items() for a in ("--estimator-option", f"{k}={v}")],
         "--preset",
         bench["preset"],
         "--steps",
@@ -486,7 +487,7 @@ def run(args: argparse.Namespace) -> int:
     args.steps = FULL_STEPS if args.full else (args.steps or DEFAULT_STEPS)
     skipped: dict[str, str] = {}
     ests: list[str] = []
-    for name in _split(args.estimators, bench["estimators"]):
+    for name in split_specs(args.estimators) if args.estimators else bench["estimators"]:
         canon = registered(name)
         if canon is None:
             skipped[name] = "not registered for Bernoulli"
