@@ -1,6 +1,6 @@
 """ReinMax: a second-order (Heun) correction of straight-through.
 
-Source: Liu, Zhao, Gao, Meng & Chen, "Bridging Discrete and Backpropagation: Straight-Through and
+Source: Liu, Dong, Liu, Yu & Gao, "Bridging Discrete and Backpropagation: Straight-Through and
 Beyond" (NeurIPS 2023); algorithm as in the authors' reference code (microsoft/ReinMax).
 
 For a one-hot categorical with logits θ, sample D ~ softmax(θ) and g = ∇f(D). With the softmax

@@ -411,7 +411,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--no-verify", action="store_true", help="skip the MNIST checksums")
     parser.add_argument("--no-download", action="store_true", help="never download MNIST")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_sweep_arguments(parser, default_seeds=str(b["seeds"]))
     parser.set_defaults(seeds=None)
 

@@ -128,8 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="stop each run after N steps of this invocation (saved; a rerun resumes)",
     )
-    g.add_argument("--no-plots", action="store_true")
-    g.add_argument("--quiet", action="store_true")
+    g.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    g.add_argument("--quiet", action="store_true", help="no progress on stderr")
     dk.add_device_arguments(g)
     dk.add_thread_arguments(g)
     sweep.add_sweep_arguments(parser, default_seeds="2")

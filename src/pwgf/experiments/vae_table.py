@@ -111,7 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--full", action="store_true", help=f"ARM's budget: {FULL_STEPS} steps per cell"
     )
     parser.add_argument("--eval-every", type=int, default=1000)
-    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="folder with the data sets (as for pwgf vae)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/vae-table"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
