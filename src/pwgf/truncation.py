@@ -22,6 +22,34 @@ import torch
 DEFAULT_TAIL = 1e-10
 
 
+def poisson_bounds(
+    rate: torch.Tensor, tail: float = DEFAULT_TAIL
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each entry's own window ``[lo, hi]`` (both integer-valued, rate's dtype): no common
+    width, so each atom's window depends on its own rate only.
+
+    ``lo`` is the rule above; ``hi`` is the smaller of the rule's and the one from the Chernoff
+    bound ``P(X >= k) <= e^{-λ} (eλ/k)^k`` (k > λ), which is much tighter for small rates
+    (λ = 0.01: 6 points instead of 17): ``hi = ceil(k*) - 1`` with k* the root of
+    ``k log(k/(eλ)) + λ = log(2/tail)``, found by Newton's method from above (the left side is
+    convex and increasing for k > λ, so the iterates stay above the root)."""
+    if not 0.0 < tail < 1.0:
+        raise ValueError(f"tail must lie in (0, 1), got {tail}")
+    lam = rate.detach().double()
+    log_term = math.log(2.0 / tail)
+    t_hi = log_term / 3.0 + torch.sqrt(log_term**2 / 9.0 + 2.0 * log_term * lam)
+    t_lo = torch.sqrt(2.0 * log_term * lam)
+    lo = torch.clamp(torch.floor(lam - t_lo), min=0.0)
+    hi = torch.ceil(lam + t_hi)
+    lam_c = lam.clamp(min=1e-300)
+    k = torch.maximum(lam_c * math.e, lam_c) + log_term + 1.0
+    for _ in range(5):  # any number of steps leaves k above the root: a valid bound
+        f = k * torch.log(k / (math.e * lam_c)) + lam_c - log_term
+        k = k - f.clamp(min=0) / torch.log(k / lam_c)
+    hi = torch.minimum(hi, torch.ceil(k) - 1).clamp(min=0)
+    return lo.to(rate.dtype), hi.to(rate.dtype)
+
+
 def poisson_window(rate: torch.Tensor, tail: float = DEFAULT_TAIL) -> tuple[torch.Tensor, int]:
     """Lower ends ``lo`` (same shape as ``rate``, integer-valued, rate's dtype) and a common width.
 

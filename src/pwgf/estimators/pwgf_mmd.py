@@ -22,6 +22,16 @@ which is linear in g_k, so it is a backward rule at each sample and works throug
 ``pwgf.sample``. With a finite ``step`` the surrogate needs g_k as a value and must go through
 ``surrogate`` (its gradient is the one of f's outputs summed).
 
+How it is computed with ``step=None``. On Bernoulli and categorical (any kernel) and with the
+linear kernel on every family, ``∇_μ E[∂_b κ(x, b)]|_{b=z_k}`` is the same constant ``a`` for
+every sample (Bernoulli: ``∂_bκ(1, b) - ∂_bκ(0, b) = c₀/h²``; categorical: ``c/h²`` on the
+simplex's tangent space), so pWGF is ``2 s a`` times ST, ``z + 2sa (μ - stopgrad μ)``: ST's cost
+and memory (ESTIMATORS.md oracles 1-3). On Poisson with the RBF kernel the per-sample term and G
+come from :mod:`pwgf.poisson_kernel` (a fixed-size Gauss-Hermite rule, or exact sums on each
+atom's own window where the rule is not accurate), at a cost independent of the rate.
+``exact_sums=True`` computes everything as plain sums over the truncated support common to all
+atoms (the original implementation, kept as the reference; O(M²) per atom on Poisson).
+
 Bandwidth: a float h, or a rule scaled by the atom's spread, ``"std"`` (h = std of p_θ) or
 ``"std*c"`` (h = c · std), floored at ``min_bandwidth``. The default, h = max(2 std, 1), comes
 from ``pwgf poisson-bias`` and ``pwgf poisson-gan`` (README, "Poisson"): on Poisson it has the
@@ -32,9 +42,12 @@ small floor lets the weights, and so the gradient, vanish for low-variance atoms
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from .. import poisson_kernel
 from ..errors import PWGFError
 from ..families import Family
 from ..kernels import KERNELS
@@ -74,6 +87,7 @@ class PWGFKernel(PathwiseEstimator):
         "normalization": "'projection': Newton step G⁻¹∇Φ/ε; or 'raw': (h²/2)∇Φ/ε",
         "min_bandwidth": "1.0: floor of a 'std' bandwidth",
         "tail": "1e-10: Poisson tail mass left out of the truncated support",
+        "exact_sums": "False: the fast forms; True: plain sums over the support (reference)",
     }
 
     def __init__(
@@ -84,6 +98,7 @@ class PWGFKernel(PathwiseEstimator):
         normalization: str = "projection",
         min_bandwidth: float = 1.0,
         tail: float = DEFAULT_TAIL,
+        exact_sums: bool = False,
     ) -> None:
         super().__init__()
         if kernel not in KERNELS:
@@ -103,6 +118,9 @@ class PWGFKernel(PathwiseEstimator):
         if not self.min_bandwidth > 0:
             raise PWGFError(f"pwgf: min_bandwidth must be positive, got {min_bandwidth}")
         self.tail = tail
+        if not isinstance(exact_sums, bool):
+            raise PWGFError(f"pwgf: exact_sums must be True or False, got {exact_sums!r}")
+        self.exact_sums = exact_sums
         self.pathwise = step is None
 
     def h(self, fam: Family) -> Tensor:
@@ -116,9 +134,61 @@ class PWGFKernel(PathwiseEstimator):
         """``s`` per atom, so that ĝ_μ = s ∇_μ Φ / ε: G⁻¹ or the raw factor."""
         if self.normalization == "raw":
             return self.kernel.raw_scale(h) / 2
+        if self.exact_sums and fam.name == "poisson" and self.kernel.name == "rbf":
+            return 1.0 / poisson_kernel.reference_metric(fam.mean(), h, self.tail)
         return 1.0 / fam.kernel_metric(self.kernel, h, self.tail)
 
+    def st_constant(self, fam: Family, h: Tensor) -> Tensor:
+        """``2 s a`` per atom: pWGF = this times ST on Bernoulli and categorical (and with the
+        linear kernel), where ``a = ∂ E[∂_bκ(x, b)]`` along the mean is the same for every b."""
+        e = torch.eye(2, dtype=fam.dtype, device=fam.device)
+        if fam.name == "categorical":  # component 2 of ∂_bκ(e_2, e_1)
+            a = self.kernel.grad_b(e[1], e[0], h)[..., 1]
+        elif fam.name == "bernoulli":  # ∂_bκ(1, 0) - ∂_bκ(0, 0)
+            one, zero = e[0, :1], e[1, :1]
+            a = (self.kernel.grad_b(one, zero, h) - self.kernel.grad_b(zero, zero, h))[..., 0]
+        else:  # linear kernel: ∂_λ E[x] = 1
+            a = torch.ones_like(h)
+        return (2 * self.scale(fam, h) * a).detach()
+
+    def _scalar_constant(self, fam: Family) -> float | None:
+        """:meth:`st_constant` as a Python number where h is the same for every atom: a fixed
+        bandwidth, or a 'std' rule on Bernoulli whose floor always wins (std <= 1/2)."""
+        if self.kernel.name == "linear":
+            return 1.0
+        h = self._h
+        if h is None and fam.name == "bernoulli" and self._mult / 2 <= self.min_bandwidth:
+            h = self.min_bandwidth
+        if h is None or self.kernel.name != "rbf":
+            return None
+        # Bernoulli: a = c₀/h², G = 4(1 - c₀); categorical: a = c/h², G = 2(1 - c) (oracles 1, 2)
+        c = math.exp(-1 / (2 * h * h)) if fam.name == "bernoulli" else math.exp(-1 / (h * h))
+        if self.normalization == "raw":
+            return c
+        return c / (2 * h * h * (1 - c)) if fam.name == "bernoulli" else c / (h * h * (1 - c))
+
     def attach(self, fam: Family, z: Tensor) -> Tensor:
+        if self.exact_sums:
+            return self._attach_sums(fam, z)
+        mu = fam.mean()
+        if fam.name != "poisson" or self.kernel.name == "linear":
+            const = self._scalar_constant(fam)
+            if const is not None:
+                return z + const * (mu - mu.detach())
+        h = self.h(fam)
+        if fam.name != "poisson" or self.kernel.name == "linear":
+            c = self.st_constant(fam, h).expand(fam.atom_shape)
+            if fam.name == "categorical":
+                c = c.unsqueeze(-1)
+            return z + c * (mu - mu.detach())
+        if self.kernel.name != "rbf":
+            return self._attach_sums(fam, z)
+        # Poisson, RBF: the gradient of the shift for g_k is g_k · 2s A(λ, z_k)
+        a = poisson_kernel.rbf_mean_grad(mu, h, z, self.tail)
+        s = self.scale(fam, h).detach()
+        return z + 2 * s * a * (mu - mu.detach())
+
+    def _attach_sums(self, fam: Family, z: Tensor) -> Tensor:
         values, probs = fam.grid(self.tail)  # (*A, M, V), (*A, M)
         h = self.h(fam)
         b = fam.to_atoms(z).detach()  # (K, *A, V)

@@ -21,7 +21,12 @@ OUT (JSON)::
     {"storchastic": VERSION, "torch": VERSION, "threads": N,
      "methods": {name: {"storch_method": "...", "error": null | "...",
                         "mean": [...], "se": [...], "var_single": [...], "draws": calls * n,
-                        "timing": {"BxDxK": {"seconds": s} | {"error": "..."}}}}}
+                        "timing": {"BxDxK": {"seconds": s, "floor_seconds": s,
+                                             "ratio": r, "ratio_min": r, "ratio_max": r}
+                                   | {"error": "..."}}}}}
+
+Timing alternates storchastic's forward+backward with a plain forward+backward of the same f
+(the floor) in this process, round by round; ``ratio`` is the median of the per-round ratios.
 
 ``mean`` is the average of ``calls`` gradient estimates, each the storchastic estimate with
 ``n`` samples (its own average over the samples); ``se`` is the standard error of that average
@@ -152,23 +157,51 @@ def time_size(name: str, b: int, d: int, k: int, cfg: dict) -> dict:
         storch.add_cost(cost, "nll")
         storch.backward()
 
+    def floor() -> None:  # plain forward+backward of the same f, in this process
+        w.grad = None
+        bias.grad = None
+        with torch.no_grad():
+            z = torch.bernoulli(torch.sigmoid(enc.detach()).expand(k, b, d).contiguous())
+        z.requires_grad_(True)
+        out = z @ w + bias
+        (F.softplus(out) - x * out).sum(-1).mean(0).sum().backward()
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    times = []
-    budget = float(cfg.get("max_seconds", 20.0))
-    start = time.perf_counter()
-    for i in range(int(cfg.get("warmup", 1)) + int(cfg.get("repeats", 5))):
+    def timed(fn) -> float:
         sync()
         t0 = time.perf_counter()
-        step()
+        fn()
         sync()
-        if i >= int(cfg.get("warmup", 1)):
-            times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget and times:
+        return time.perf_counter() - t0
+
+    # interleaved with the floor, round by round, as pwgf bench does in its own process
+    budget = float(cfg.get("max_seconds", 20.0))
+    for _ in range(int(cfg.get("warmup", 1))):
+        floor()
+        step()
+    times, floors = [], []
+    start = time.perf_counter()
+    for i in range(int(cfg.get("repeats", 5))):
+        if i % 2:
+            times.append(timed(step))
+            floors.append(timed(floor))
+        else:
+            floors.append(timed(floor))
+            times.append(timed(step))
+        if time.perf_counter() - start > budget:
             break
-    return {"seconds": statistics.median(times), "repeats": len(times)}
+    ratios = [t / f for t, f in zip(times, floors, strict=True)]
+    return {
+        "seconds": statistics.median(times),
+        "floor_seconds": statistics.median(floors),
+        "ratio": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "repeats": len(times),
+    }
 
 
 def main(argv: list[str]) -> int:
