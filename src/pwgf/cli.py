@@ -47,6 +47,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         help_ = action.help or ""
         if "%(default)" in help_ or action.default in (None, False, argparse.SUPPRESS, []):
             return help_
+        if help_.rstrip().endswith(f"({action.default})"):
+            return help_  # the help text ends with its default already
         if not action.option_strings and action.nargs not in (argparse.OPTIONAL, "*"):
             return help_
         return help_ + " (default: %(default)s)"
