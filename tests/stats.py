@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.distributions import Bernoulli, Independent, OneHotCategorical
 
 N_SE = 5.0  # tolerance in standard errors
 
@@ -59,3 +60,51 @@ class Decoder(torch.nn.Module):
     def forward(self, z):
         z = z.reshape(z.shape[0], -1)
         return torch.tanh(z @ self.w + 0.3).pow(2) + (z * self.w).sum(-1) ** 2 / 4
+
+
+def categorical_cases(logits: torch.Tensor, f) -> dict:
+    """``{"categorical-logits", "categorical-probs"}`` cases ``(param, make, f)``: the same
+    one-hot categoricals (classes on the last dimension, the rest one event) given by
+    ``logits`` and by ``softmax(logits)``, so that both parametrisations are checked."""
+    return {
+        "categorical-logits": (
+            logits,
+            lambda p: Independent(OneHotCategorical(logits=p), 1),
+            f,
+        ),
+        "categorical-probs": (
+            logits.softmax(-1),
+            lambda p: Independent(OneHotCategorical(probs=p), 1),
+            f,
+        ),
+    }
+
+
+def bernoulli_cases(logits: torch.Tensor, f, probs: bool = True) -> dict:
+    """``{"bernoulli-logits", "bernoulli-probs"}`` cases ``(param, make, f)``: the same
+    Bernoulli coordinates (one event) given by ``logits`` and, with ``probs``, by
+    ``sigmoid(logits)``."""
+    cases = {"bernoulli-logits": (logits, lambda p: Independent(Bernoulli(logits=p), 1), f)}
+    if probs:
+        cases["bernoulli-probs"] = (
+            logits.sigmoid(),
+            lambda p: Independent(Bernoulli(probs=p), 1),
+            f,
+        )
+    return cases
+
+
+def assert_finite_at_extreme_logits(est, dtype: torch.dtype, k: int) -> None:
+    """``est``'s surrogate of ``f(z) = |z|²`` and its gradient keep ``dtype`` and stay finite at
+    logits of ±25-30, where a sigmoid or softmax saturates, for Bernoulli (by logits and by
+    probs) and one-hot categorical, each with ``k`` samples."""
+    logits = torch.tensor([[-30.0, 0.0, 25.0], [3.0, -3.0, 0.0]], dtype=dtype)
+    for make in (
+        lambda p: Independent(Bernoulli(logits=p), 1),
+        lambda p: Independent(OneHotCategorical(logits=p), 1),
+        lambda p: Independent(Bernoulli(probs=torch.sigmoid(p)), 1),
+    ):
+        leaf = logits.clone().requires_grad_(True)
+        out = est.surrogate(lambda z: z.reshape(z.shape[0], -1).pow(2).sum(-1), make(leaf), k)
+        (g,) = torch.autograd.grad(out, leaf)
+        assert out.dtype == dtype and g.dtype == dtype and bool(torch.isfinite(g).all())

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from stats import assert_mean_matches, row_draws
+from stats import assert_mean_matches, bernoulli_cases, categorical_cases, row_draws
 from torch.distributions import Bernoulli, Independent, OneHotCategorical, Poisson
 
 import pwgf
@@ -26,17 +26,8 @@ def f_bern(z):
 
 
 CASES = {
-    "categorical-logits": (
-        CAT_LOGITS,
-        lambda p: Independent(OneHotCategorical(logits=p), 1),
-        f_cat,
-    ),
-    "categorical-probs": (
-        CAT_LOGITS.softmax(-1),
-        lambda p: Independent(OneHotCategorical(probs=p), 1),
-        f_cat,
-    ),
-    "bernoulli-logits": (BERN_LOGITS, lambda p: Independent(Bernoulli(logits=p), 1), f_bern),
+    **categorical_cases(CAT_LOGITS, f_cat),
+    **bernoulli_cases(BERN_LOGITS, f_bern, probs=False),
 }
 
 

@@ -3,7 +3,7 @@ it), per-entry and joint crediting, f's own parameters, its cost in evaluations 
 
 import pytest
 import torch
-from stats import Decoder, assert_mean_matches, row_draws
+from stats import Decoder, assert_mean_matches, bernoulli_cases, categorical_cases, row_draws
 from torch.distributions import Bernoulli, Independent, OneHotCategorical, Poisson
 
 import pwgf
@@ -22,24 +22,7 @@ def f_bern(z):
     return torch.sin(3 * z).sum(-1) + 2 * z[..., 0] * z[..., 2] - z[..., 1] * z[..., 2]
 
 
-CASES = {
-    "categorical-logits": (
-        CAT_LOGITS,
-        lambda p: Independent(OneHotCategorical(logits=p), 1),
-        f_cat,
-    ),
-    "categorical-probs": (
-        CAT_LOGITS.softmax(-1),
-        lambda p: Independent(OneHotCategorical(probs=p), 1),
-        f_cat,
-    ),
-    "bernoulli-logits": (BERN_LOGITS, lambda p: Independent(Bernoulli(logits=p), 1), f_bern),
-    "bernoulli-probs": (
-        BERN_LOGITS.sigmoid(),
-        lambda p: Independent(Bernoulli(probs=p), 1),
-        f_bern,
-    ),
-}
+CASES = {**categorical_cases(CAT_LOGITS, f_cat), **bernoulli_cases(BERN_LOGITS, f_bern)}
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -22,6 +22,22 @@ import torch
 DEFAULT_TAIL = 1e-10
 
 
+def _bernstein_window(
+    rate: torch.Tensor, tail: float
+) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
+    """The rule of the module doc, in float64: ``(λ, L, lo, hi)`` with ``L = log(2 / tail)``,
+    ``lo = max(0, floor(λ - t_lo))`` and ``hi = ceil(λ + t_hi)``; raises unless 0 < tail < 1."""
+    if not 0.0 < tail < 1.0:
+        raise ValueError(f"tail must lie in (0, 1), got {tail}")
+    lam = rate.detach().double()
+    log_term = math.log(2.0 / tail)
+    t_hi = log_term / 3.0 + torch.sqrt(log_term**2 / 9.0 + 2.0 * log_term * lam)
+    t_lo = torch.sqrt(2.0 * log_term * lam)
+    lo = torch.clamp(torch.floor(lam - t_lo), min=0.0)
+    hi = torch.ceil(lam + t_hi)
+    return lam, log_term, lo, hi
+
+
 def poisson_bounds(
     rate: torch.Tensor, tail: float = DEFAULT_TAIL
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,14 +49,7 @@ def poisson_bounds(
     (λ = 0.01: 6 points instead of 17): ``hi = ceil(k*) - 1`` with k* the root of
     ``k log(k/(eλ)) + λ = log(2/tail)``, found by Newton's method from above (the left side is
     convex and increasing for k > λ, so the iterates stay above the root)."""
-    if not 0.0 < tail < 1.0:
-        raise ValueError(f"tail must lie in (0, 1), got {tail}")
-    lam = rate.detach().double()
-    log_term = math.log(2.0 / tail)
-    t_hi = log_term / 3.0 + torch.sqrt(log_term**2 / 9.0 + 2.0 * log_term * lam)
-    t_lo = torch.sqrt(2.0 * log_term * lam)
-    lo = torch.clamp(torch.floor(lam - t_lo), min=0.0)
-    hi = torch.ceil(lam + t_hi)
+    lam, log_term, lo, hi = _bernstein_window(rate, tail)
     lam_c = lam.clamp(min=1e-300)
     k = torch.maximum(lam_c * math.e, lam_c) + log_term + 1.0
     for _ in range(5):  # any number of steps leaves k above the root: a valid bound
@@ -56,14 +65,7 @@ def poisson_window(rate: torch.Tensor, tail: float = DEFAULT_TAIL) -> tuple[torc
     ``lo + arange(width)`` covers ``[lo, hi]`` for every entry; entries with narrower windows get
     a few extra points beyond their own ``hi``, which only adds mass.
     """
-    if not 0.0 < tail < 1.0:
-        raise ValueError(f"tail must lie in (0, 1), got {tail}")
-    lam = rate.detach().double()
-    log_term = math.log(2.0 / tail)
-    t_hi = log_term / 3.0 + torch.sqrt(log_term**2 / 9.0 + 2.0 * log_term * lam)
-    t_lo = torch.sqrt(2.0 * log_term * lam)
-    lo = torch.clamp(torch.floor(lam - t_lo), min=0.0)
-    hi = torch.ceil(lam + t_hi)
+    lam, _, lo, hi = _bernstein_window(rate, tail)
     width = int((hi - lo).max().item()) + 1 if lam.numel() else 1
     return lo.to(rate.dtype), width
 

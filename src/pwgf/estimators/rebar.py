@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +147,21 @@ def score_grad(fam: Family, logits: Tensor, b: Tensor) -> Tensor:
     if fam.name == "bernoulli":
         return b - torch.sigmoid(logits)
     return b - torch.softmax(logits, -1)
+
+
+class _Draws(NamedTuple):
+    """What the estimate ĝ needs of one ``surrogate_at`` call: f, the family, the logits (a
+    detached copy), the noises u (for z) and v (for z̃ given b), b = H(z), f(b) (detached), and
+    whether one control variate serves all outputs (``joint``) or one each."""
+
+    f: CostFn
+    fam: Family
+    logits: Tensor
+    u: Tensor
+    v: Tensor
+    b: Tensor
+    fb: Tensor
+    joint: bool
 
 
 class Rebar(Estimator):
@@ -264,8 +280,8 @@ class Rebar(Estimator):
 
         out_shape = fb.shape[1:]
         joint = self.joint_score or tuple(fam.batch_shape[: len(out_shape)]) != tuple(out_shape)
-        args = (f, fam, logits.detach(), u, v, b, fb.detach(), joint)
-        g = self._tuned_estimate(*args, weights) if tuning else self._estimate(*args, False)
+        draws = _Draws(f, fam, logits.detach(), u, v, b, fb.detach(), joint)
+        g = self._tuned_estimate(draws, weights) if tuning else self._estimate(draws, False)
         if tuning and self._pending_count >= self.untuned_warn_after and not self._warned_untuned:
             self._warned_untuned = True
             warnings.warn(
@@ -287,20 +303,10 @@ class Rebar(Estimator):
             credit = attach.reshape(*out_shape, -1).sum(-1)
         return value + credit
 
-    def _estimate(
-        self,
-        f: CostFn,
-        fam: Family,
-        logits: Tensor,
-        u: Tensor,
-        v: Tensor,
-        b: Tensor,
-        fb: Tensor,
-        joint: bool,
-        tuning: bool,
-    ) -> Tensor:
+    def _estimate(self, draws: _Draws, tuning: bool) -> Tensor:
         """Single-sample estimates ĝ_k for the logits, ``(K, *fam.shape)``; a function of the
         estimator's parameters when ``tuning`` (graph kept for the second-order gradient)."""
+        f, fam, logits, u, v, b, fb, joint = draws
         k = u.shape[0]
         groups = torch.Size(()) if joint else fb.shape[1:]  # one control variate per group
         with torch.enable_grad():
@@ -334,22 +340,11 @@ class Rebar(Estimator):
         return g
 
     @torch.compiler.disable
-    def _tuned_estimate(
-        self,
-        f: CostFn,
-        fam: Family,
-        logits: Tensor,
-        u: Tensor,
-        v: Tensor,
-        b: Tensor,
-        fb: Tensor,
-        joint: bool,
-        weights: Tensor | None,
-    ) -> Tensor:
+    def _tuned_estimate(self, draws: _Draws, weights: Tensor | None) -> Tensor:
         """The estimates with tuning: V and ∇_φ V recorded, ĝ_k returned detached. Runs eagerly
         under ``torch.compile`` (a graph break): ∇_φ V is a second-order gradient, which
         aot_autograd cannot trace, and nothing of it flows back into the compiled graph."""
-        g = self._estimate(f, fam, logits, u, v, b, fb, joint, True)
+        g = self._estimate(draws, True)
         self._record(average(g.reshape(g.shape[0], -1).pow(2).sum(-1), weights))
         return g.detach()
 

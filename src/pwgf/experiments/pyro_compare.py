@@ -1,7 +1,7 @@
 """Time pyro's ``TraceGraph_ELBO`` (REINFORCE with a decaying-average baseline) for ``pwgf bench``.
 
-A standalone script, run in its own interpreter (it imports ``torch`` and ``pyro`` only, never
-``pwgf``), so that pyro's cost is measured against a floor in the same process:
+A standalone script, run in its own interpreter (it imports ``torch``, ``pyro`` and its sibling
+:mod:`peers`, never ``pwgf``), so that pyro's cost is measured against a floor in the same process:
 ``PYTHON pyro_compare.py CONFIG.json OUT.json``; ``PYTHON pyro_compare.py --probe`` prints
 ``{"pyro": VERSION, "torch": VERSION}`` or exits 3 when pyro does not import.
 
@@ -21,9 +21,14 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
+import os
 import sys
-import time
+
+try:
+    from . import peers
+except ImportError:  # run as a script, in the peer's interpreter, where pwgf may be absent
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also under python -P
+    import peers
 
 
 def probe() -> int:
@@ -41,7 +46,6 @@ def time_size(b: int, d: int, k: int, cfg: dict) -> dict:
     import pyro
     import pyro.distributions as dist
     import torch
-    import torch.nn.functional as F
     from pyro.infer import TraceGraph_ELBO
 
     pyro.clear_param_store()  # the decaying-average baseline keeps state from the last size
@@ -72,40 +76,12 @@ def time_size(b: int, d: int, k: int, cfg: dict) -> dict:
             p.grad = None
         elbo.loss_and_grads(model, guide)
 
-    def floor() -> None:
-        w.grad = None
-        bias.grad = None
-        with torch.no_grad():
-            z = torch.bernoulli(torch.sigmoid(enc.detach()).expand(k, b, d).contiguous())
-        z.requires_grad_(True)
-        out = z @ w + bias
-        (F.softplus(out) - x * out).sum(-1).mean(0).sum().backward()
-
-    def timed(fn) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
-    for _ in range(int(cfg.get("warmup", 1))):
-        floor()
-        step()
-    times, floors = [], []
-    for i in range(int(cfg.get("repeats", 5))):
-        if i % 2:
-            times.append(timed(step))
-            floors.append(timed(floor))
-        else:
-            floors.append(timed(floor))
-            times.append(timed(step))
-    ratios = [t / f for t, f in zip(times, floors, strict=True)]
-    return {
-        "seconds": statistics.median(times),
-        "floor_seconds": statistics.median(floors),
-        "ratio": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "repeats": len(times),
-    }
+    return peers.interleaved(
+        step,
+        peers.decoder_floor(x, w, bias, enc, k),
+        warmup=int(cfg.get("warmup", 1)),
+        repeats=int(cfg.get("repeats", 5)),
+    )
 
 
 def main(argv: list[str]) -> int:

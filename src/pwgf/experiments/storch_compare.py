@@ -1,9 +1,10 @@
 """Run storchastic's estimators for ``pwgf bench``, in a separate interpreter.
 
-This file is a standalone script: it imports only ``torch`` and ``storch`` (storchastic 0.3.7,
-which patches torch when imported, hence the separate process), never ``pwgf``. ``pwgf bench``
-launches it as ``PYTHON storch_compare.py CONFIG.json OUT.json`` and reads OUT.json back; the
-exact answers it is compared with are computed by the parent with pwgf.
+This file is a standalone script: it imports only ``torch``, ``storch`` (storchastic 0.3.7,
+which patches torch when imported, hence the separate process) and its sibling :mod:`peers`,
+never ``pwgf``. ``pwgf bench`` launches it as ``PYTHON storch_compare.py CONFIG.json OUT.json``
+and reads OUT.json back; the exact answers it is compared with are computed by the parent with
+pwgf.
 
 ``PYTHON storch_compare.py --probe`` prints ``{"storchastic": VERSION, "torch": VERSION}`` and
 exits 0 when storchastic imports, or exits 3 with the import error on stderr.
@@ -38,10 +39,15 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
+import os
 import sys
-import time
 import traceback
+
+try:
+    from . import peers
+except ImportError:  # run as a script, in the peer's interpreter, where pwgf may be absent
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also under python -P
+    import peers
 
 # pwgf name -> (storchastic class, keyword arguments, least n)
 METHODS: dict[str, tuple[str, dict, int]] = {
@@ -157,51 +163,14 @@ def time_size(name: str, b: int, d: int, k: int, cfg: dict) -> dict:
         storch.add_cost(cost, "nll")
         storch.backward()
 
-    def floor() -> None:  # plain forward+backward of the same f, in this process
-        w.grad = None
-        bias.grad = None
-        with torch.no_grad():
-            z = torch.bernoulli(torch.sigmoid(enc.detach()).expand(k, b, d).contiguous())
-        z.requires_grad_(True)
-        out = z @ w + bias
-        (F.softplus(out) - x * out).sum(-1).mean(0).sum().backward()
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def timed(fn) -> float:
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        return time.perf_counter() - t0
-
-    # interleaved with the floor, round by round, as pwgf bench does in its own process
-    budget = float(cfg.get("max_seconds", 20.0))
-    for _ in range(int(cfg.get("warmup", 1))):
-        floor()
-        step()
-    times, floors = [], []
-    start = time.perf_counter()
-    for i in range(int(cfg.get("repeats", 5))):
-        if i % 2:
-            times.append(timed(step))
-            floors.append(timed(floor))
-        else:
-            floors.append(timed(floor))
-            times.append(timed(step))
-        if time.perf_counter() - start > budget:
-            break
-    ratios = [t / f for t, f in zip(times, floors, strict=True)]
-    return {
-        "seconds": statistics.median(times),
-        "floor_seconds": statistics.median(floors),
-        "ratio": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "repeats": len(times),
-    }
+    return peers.interleaved(
+        step,
+        peers.decoder_floor(x, w, bias, enc, k),  # plain forward+backward of the same f
+        warmup=int(cfg.get("warmup", 1)),
+        repeats=int(cfg.get("repeats", 5)),
+        sync=torch.cuda.synchronize if device.type == "cuda" else None,
+        max_seconds=float(cfg.get("max_seconds", 20.0)),
+    )
 
 
 def main(argv: list[str]) -> int:
