@@ -275,10 +275,15 @@ def per_output(x: Tensor, out_shape: torch.Size, batch_shape: torch.Size, joint:
     batch entry ``s``'s atoms; otherwise every output gets the sum over all atoms.
     """
     k = x.shape[0]
-    s = len(out_shape)
-    if not joint and tuple(batch_shape[:s]) == tuple(out_shape):
+    if per_entry(out_shape, batch_shape, joint):
         return x.reshape(k, *out_shape, -1).sum(-1)
-    return x.reshape(k, -1).sum(-1).reshape(k, *([1] * s))
+    return x.reshape(k, -1).sum(-1).reshape(k, *([1] * len(out_shape)))
+
+
+def per_entry(out_shape: torch.Size, batch_shape: torch.Size, joint: bool) -> bool:
+    """Whether output ``s`` is credited only to batch entry ``s``: ``S`` is a prefix of the batch
+    shape and not ``joint`` (the convention in this module's docstring)."""
+    return not joint and tuple(batch_shape[: len(out_shape)]) == tuple(out_shape)
 
 
 def detached_grad(f: CostFn, z: Tensor) -> tuple[Tensor, Tensor]:

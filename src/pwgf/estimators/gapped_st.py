@@ -32,7 +32,7 @@ from ..errors import PWGFError
 from ..families import Family
 from .base import PathwiseEstimator
 from .gumbel import check_temperature
-from .gumbel_rao import two_class
+from .gumbel_rao import straight_through, two_class
 
 
 def gapped_logits(logits: Tensor, d: Tensor, gap: float) -> Tensor:
@@ -67,12 +67,7 @@ class GappedST(PathwiseEstimator):
     def attach(self, fam: Family, z: Tensor) -> Tensor:
         logits, d = two_class(fam, z)
         x = gapped_logits(logits, d, self.gap)
-        finite = torch.isfinite(logits.detach())
-        shift = torch.where(finite, x - logits.detach(), torch.zeros_like(x))
-        y = torch.softmax((logits + shift) / self.temperature, -1)
-        if fam.name == "bernoulli":
-            y = y[..., 1]
-        return z + (y - y.detach())
+        return straight_through(fam, z, logits, x.unsqueeze(0), self.temperature)
 
     def extra_repr(self) -> str:
         return f"{self.name}, gap={self.gap}, temperature={self.temperature}"

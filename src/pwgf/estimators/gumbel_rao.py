@@ -55,6 +55,18 @@ def two_class(fam: Family, z: Tensor) -> tuple[Tensor, Tensor]:
     return logits, z
 
 
+def straight_through(fam: Family, z: Tensor, logits: Tensor, x: Tensor, tau: float) -> Tensor:
+    """``z`` in value, backward through ``softmax((θ + s)/τ)`` with the shift ``s = x - θ`` held
+    fixed (0 where θ = -inf), averaged over the draws of ``x`` ``(M, K, …, C)``; ``logits`` and
+    ``z`` as from :func:`two_class` and ``fam``."""
+    theta = logits.detach()
+    shift = torch.where(torch.isfinite(theta), x - theta, torch.zeros_like(x))
+    y = torch.softmax((logits + shift) / tau, -1).mean(0)
+    if fam.name == "bernoulli":
+        y = y[..., 1]
+    return z + (y - y.detach())
+
+
 def conditional_gumbel_logits(logits: Tensor, d: Tensor, m: int) -> Tensor:
     """``m`` draws of the perturbed logits ``θ + G`` given ``argmax(θ + G) = d`` (detached),
     shape ``(m, *d.shape)``; ``-inf`` logits stay ``-inf``."""
@@ -89,12 +101,7 @@ class GumbelRao(PathwiseEstimator):
     def attach(self, fam: Family, z: Tensor) -> Tensor:
         logits, d = two_class(fam, z)
         x = conditional_gumbel_logits(logits, d, self.m)
-        finite = torch.isfinite(logits.detach())
-        noise = torch.where(finite, x - logits.detach(), torch.zeros_like(x))
-        y = torch.softmax((logits + noise) / self.temperature, -1).mean(0)
-        if fam.name == "bernoulli":
-            y = y[..., 1]
-        return z + (y - y.detach())
+        return straight_through(fam, z, logits, x, self.temperature)
 
     def extra_repr(self) -> str:
         return f"{self.name}, m={self.m}, temperature={self.temperature}"

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ..families import Family
-from .base import CostFn, Estimator, average, evaluate
+from .base import CostFn, Estimator, average, evaluate, per_entry
 
 
 class IndeCateR(Estimator):
@@ -60,12 +60,9 @@ class IndeCateR(Estimator):
         k, out_shape = z.shape[0], fz.shape[1:]
         atom_shape = fam.atom_shape
         s = len(out_shape)
-        per_entry = (
-            not self.joint_score
-            and s <= len(atom_shape)
-            and tuple(fam.batch_shape[:s]) == tuple(out_shape)
-        )
-        nb = s if per_entry else 0  # leading atom dimensions that are batch entries
+        # leading atom dimensions that are batch entries (the batch shape is a prefix of the
+        # atom shape)
+        nb = s if per_entry(out_shape, fam.batch_shape, self.joint_score) else 0
         lead = atom_shape[:nb]
         j = math.prod(atom_shape[nb:])
         values, probs = fam.grid()  # (*A, M, V) detached, (*A, M) differentiable

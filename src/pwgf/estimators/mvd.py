@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import PWGFError
 from ..families import Family
-from .base import CostFn, Estimator, average, evaluate
+from .base import CostFn, Estimator, average, evaluate, per_entry
 
 
 class MeasureValued(Estimator):
@@ -47,12 +47,11 @@ class MeasureValued(Estimator):
         k = z.shape[0]
         fz = evaluate(f, z)
         out_shape = fz.shape[1:]
-        s = len(out_shape)
         # With one cost per batch entry (the usual per-example loss), flipping coordinate d of
         # every entry at once gives each entry's own difference in one evaluation: D instead of
         # B·D evaluations. Otherwise each coordinate of the whole sample is flipped alone.
-        per_entry = not self.joint_score and tuple(fam.batch_shape[:s]) == tuple(out_shape)
-        groups = out_shape.numel() if per_entry else 1
+        entries = per_entry(out_shape, fam.batch_shape, self.joint_score)
+        groups = out_shape.numel() if entries else 1
         d = fam.shape.numel() // groups
         step, coef = fam.mvd_step(z)
         flat = z.reshape(k, groups, d)

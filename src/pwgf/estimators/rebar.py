@@ -76,7 +76,7 @@ from torch import Tensor, nn
 
 from ..errors import InvalidCostError, PWGFError, UntunedEstimatorWarning
 from ..families import Family
-from .base import CostFn, Estimator, average, evaluate
+from .base import CostFn, Estimator, average, evaluate, per_entry
 
 
 def check_positive(name: str, option: str, value: object) -> float:
@@ -279,7 +279,7 @@ class Rebar(Estimator):
             return value
 
         out_shape = fb.shape[1:]
-        joint = self.joint_score or tuple(fam.batch_shape[: len(out_shape)]) != tuple(out_shape)
+        joint = not per_entry(out_shape, fam.batch_shape, self.joint_score)
         draws = _Draws(f, fam, logits.detach(), u, v, b, fb.detach(), joint)
         g = self._tuned_estimate(draws, weights) if tuning else self._estimate(draws, False)
         if tuning and self._pending_count >= self.untuned_warn_after and not self._warned_untuned:
