@@ -28,7 +28,6 @@ in ``DIR/<cell>/``; rerunning the command continues an interrupted grid.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -41,6 +40,7 @@ from torch import Tensor, nn
 import pwgf
 
 from . import data as mnist_data
+from . import diagkit as dk
 from .sweep import Cell, add_sweep_arguments, aggregate, format_mean_se, run_grid, sweep_options
 from .sweep import write_rows as write_table_rows
 
@@ -217,19 +217,13 @@ def _optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.
     return (torch.optim.RAdam if name == "radam" else torch.optim.Adam)(params, lr=lr)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def train_cell(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """One training run (sweep cell function); checkpoints into ``out_dir`` and resumes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "checkpoint.pt"
-    device = torch.device(config["device"])
-    dtype = getattr(torch, config["dtype"])
+    device = dk.resolve_device(config["device"])
+    dtype = dk.resolve_dtype(config["dtype"])
     c, n = parse_shape(config["shape"])
     train_u8, test_u8 = load_mnist(config["data_dir"], config["verify"], config["download"])
     if config.get("train_size"):
@@ -254,7 +248,9 @@ def train_cell(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     state: dict[str, Any] = {"step": 0, "losses": [], "history": [], "wall": 0.0}
     perm = torch.randperm(len(x_train), generator=gen)
     if ckpt.exists():
-        st = torch.load(ckpt, map_location=device, weights_only=False)
+        st = dk.load_checkpoint(
+            ckpt, ("model", "opt", "est", "est_opt", "gen", "rng", "perm", "state"), device
+        )
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         est.load_state_dict(st["est"])
@@ -267,7 +263,7 @@ def train_cell(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         perm, state = st["perm"], st["state"]
 
     def save() -> None:
-        _atomic_save(
+        dk.atomic_save(
             {
                 "model": model.state_dict(),
                 "opt": opt.state_dict(),
@@ -407,8 +403,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-size", type=int, default=None, help="first N test images")
     parser.add_argument("--out", type=Path, default=Path("runs/cat-vae"), help="output folder")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per cell")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    dk.add_device_arguments(parser)
     parser.add_argument("--no-verify", action="store_true", help="skip the MNIST checksums")
     parser.add_argument("--no-download", action="store_true", help="never download MNIST")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -472,11 +467,10 @@ def _settings_table(shapes: list[str]) -> str:
 
 
 def _plot(results: list, shapes: list[str], names: list[str], path: Path, quiet: bool) -> None:
-    from .diagkit import pyplot, save_figure
-
-    plt = pyplot(quiet)
+    plt = dk.pyplot(quiet)
     if plt is None:
         return
+    first_seed = min((r.cell.key["seed"] for r in results), default=None)
     fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), squeeze=False)
     for ax, shape in zip(axes[0], shapes, strict=True):
         for name in names:
@@ -485,16 +479,11 @@ def _plot(results: list, shapes: list[str], names: list[str], path: Path, quiet:
                     continue
                 hist = [h for h in r.metrics.get("history", []) if h["train_elbo"] is not None]
                 if hist:
-                    label = (
-                        name
-                        if r.cell.key["seed"] == min(r0.cell.key["seed"] for r0 in results)
-                        else None
-                    )
                     ax.plot(
                         [h["step"] for h in hist],
                         [h["test_elbo"] for h in hist],
                         color=f"C{names.index(name) % 10}",
-                        label=label,
+                        label=name if r.cell.key["seed"] == first_seed else None,
                         alpha=0.8,
                     )
         ax.set_title(f"{shape} (categories x latents)")
@@ -502,7 +491,7 @@ def _plot(results: list, shapes: list[str], names: list[str], path: Path, quiet:
         ax.set_ylabel("test -ELBO")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    save_figure(fig, path, 110)
+    dk.save_figure(fig, path, 110)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -518,8 +507,7 @@ def run(args: argparse.Namespace) -> int:
             for spec, name in zip(names, canon, strict=True)
             for seed in seeds
         ]
-        if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise pwgf.PWGFError(f"--device {args.device}: CUDA is not available")
+        dk.resolve_device(args.device)
         load_mnist(cells[0].config["data_dir"], not args.no_verify, not args.no_download)
     except pwgf.PWGFError as e:
         print(f"pwgf cat-vae: {e}", file=sys.stderr)
@@ -560,7 +548,7 @@ def run(args: argparse.Namespace) -> int:
         "published_settings": {s: PUBLISHED_SETTINGS.get(s) for s in shapes},
         "tables": tables,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str))
+    dk.write_json(out / "results.json", summary)
     print(
         _table(
             tables["train_elbo"],

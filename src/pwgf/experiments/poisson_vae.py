@@ -32,6 +32,7 @@ quality of every ``--quality-estimators`` at several points of training (see
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -44,6 +45,7 @@ import torch
 from torch import Tensor
 
 import pwgf
+from pwgf import registry
 
 from . import diagkit as dk
 from . import sweep
@@ -138,19 +140,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # -- estimator specs -------------------------------------------------------------------------------
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``name[:key=value...]`` or a preset → (registry name, options); ``exact`` → ("exact", {})."""
-    head, *rest = spec.strip().split(":")
-    if head in PRESETS:
-        name, options = PRESETS[head][0], dict(PRESETS[head][1])
-    else:
-        name, options = head, {}
-    for item in rest:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise dk.UsageError(f"estimator spec {spec!r}: options are key=value, got {item!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+    name, options = registry.parse_spec(spec)
+    if name in PRESETS:
+        name, options = PRESETS[name][0], PRESETS[name][1] | options
     if name == "exact":
         if options:
             raise dk.UsageError("the exact estimator (closed form) takes no options")
@@ -168,11 +160,15 @@ def make_estimator(name: str, options: dict[str, Any], temperature: float) -> An
     """The estimator for one step (None: exact), the scheduled temperature filled in."""
     if name == "exact":
         return None
-    cls_options = pwgf.get_estimator(name).option_docs
-    opts = dict(options)
-    if "temperature" in cls_options and "temperature" not in opts:
-        opts["temperature"] = temperature
-    return pwgf.get_estimator(name, **opts)
+    if _takes_temperature(name) and "temperature" not in options:
+        options = options | {"temperature": temperature}
+    return pwgf.get_estimator(name, **options)
+
+
+@functools.cache
+def _takes_temperature(name: str) -> bool:
+    # looked up once per name, not on every training step
+    return "temperature" in pwgf.get_estimator(name).option_docs
 
 
 def min_samples(name: str) -> int:
@@ -447,7 +443,7 @@ def measure_quality(
 # -- the command -----------------------------------------------------------------------------------
 def _specs(text: str) -> list[list[Any]]:
     out, seen = [], set()
-    for spec in (s.strip() for s in text.split(",") if s.strip()):
+    for spec in registry.split_specs(text):
         name, options = parse_spec(spec)
         if spec in seen:
             raise dk.UsageError(f"estimator {spec!r} is listed twice")

@@ -157,8 +157,6 @@ def hessian_vector_product(
     """``H_u v`` per image for ``v`` of shape ``(..., B, K)`` (block-diagonal over images)."""
     phi = model.phi.detach()
     lam = u.exp()
-    r = model.prior_log_rate.detach()
-    g_lam = -2 * (x - lam @ phi.T) @ phi + phi.pow(2).sum(0) + beta * (u - r)
     w = lam * v
     h_lam_w = 2 * (w @ phi.T) @ phi + beta * w / lam
-    return lam * h_lam_w + g_lam * lam * v
+    return lam * h_lam_w + exact_grad_u(model, x, u, beta) * v

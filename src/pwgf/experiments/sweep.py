@@ -49,6 +49,8 @@ from typing import Any
 
 import pwgf
 
+from . import diagkit as dk
+
 EXECUTORS = ("local", "ray")
 RESULT = "result.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -169,12 +171,7 @@ def read_results(cells: Sequence[Cell], out: Path) -> list[CellResult]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, allow_nan=True))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    dk.atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=True))
 
 
 @contextlib.contextmanager
@@ -602,8 +599,8 @@ def write_rows(rows: Sequence[dict[str, Any]], stem: Path) -> tuple[Path, Path]:
     _write_json(js, list(rows))
     cols: list[str] = list(dict.fromkeys(k for r in rows for k in r))
     path = stem.with_suffix(".csv")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(cols)
@@ -614,9 +611,8 @@ def write_rows(rows: Sequence[dict[str, Any]], stem: Path) -> tuple[Path, Path]:
                         for k in cols
                     ]
                 )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    dk.atomic_write(path, write)
     return path, js
 
 
@@ -784,9 +780,7 @@ def toy_cell(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         noise = torch.randn(theta.shape, generator=gen, dtype=theta.dtype)
         theta = theta - lr * (2 * (theta - 1.0) + config.get("noise", 1.0) * noise)
         step += 1
-        tmp = ckpt.with_name(ckpt.name + ".tmp")
-        torch.save({"theta": theta, "step": step, "rng": gen.get_state()}, tmp)
-        os.replace(tmp, ckpt)
+        dk.atomic_save({"theta": theta, "step": step, "rng": gen.get_state()}, ckpt)
         marker = Path(out_dir) / "crashed"
         if step == config.get("crash_at") and not marker.exists():
             marker.touch()
