@@ -71,7 +71,8 @@ def _threads_option(p: argparse.ArgumentParser) -> None:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command, or with ``only``, of that one command's options (the
-    others are listed but their modules not imported: a faster start)."""
+    others, or all where ``only`` names none, are listed but their modules not imported: a
+    faster start)."""
     from . import __version__
 
     parser = _Parser(
@@ -106,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     from .experiments import diagkit as dk
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
+    # ``pwgf`` itself takes no option with a value: the first word is the command, and without
+    # a known one parsing stops at the top level, so no command's module is needed
+    command = next((a for a in argv if not a.startswith("-")), "")
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -70,7 +70,7 @@ from torch.distributions import Bernoulli, Independent, OneHotCategorical, Poiss
 import pwgf
 
 from . import diagkit as dk
-from . import storch_compare
+from . import peers, storch_compare
 
 DEFAULT_SIZES = {
     "bernoulli": "50x200x1,1000x200x1,50x200x8,1000x200x8",
@@ -129,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cap on one call's predicted peak memory (8); over it: reported, not attempted",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    dk.add_thread_arguments(parser)
     parser.add_argument("--estimators", default=None, help="comma-separated names (all)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument("--seed", type=int, default=0)
@@ -332,26 +332,13 @@ def interleaved(
     floor: Callable[[], object], est: Callable[[], object], rounds: int, device: torch.device
 ) -> dict[str, Any]:
     """One warm-up call of each, then ``rounds`` rounds of (floor, estimator), alternating which
-    goes first; the ratio is the median of the per-round ratios."""
-    floor()
-    est()
-    fs, es = [], []
-    for r in range(rounds):
-        if r % 2:
-            es.append(_timed(est, device))
-            fs.append(_timed(floor, device))
-        else:
-            fs.append(_timed(floor, device))
-            es.append(_timed(est, device))
-    ratios = [e / f for e, f in zip(es, fs, strict=True)]
-    return {
-        "seconds": statistics.median(es),
-        "floor_seconds": statistics.median(fs),
-        "ratio": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "rounds": rounds,
-    }
+    goes first; the ratio is the median of the per-round ratios (:func:`peers.interleaved`, the
+    peers' own timing)."""
+    res = peers.interleaved(
+        est, floor, warmup=1, repeats=rounds, sync=lambda: dk.synchronize(device)
+    )
+    res["rounds"] = res.pop("repeats")  # every round runs: no time cap here
+    return res
 
 
 def fresh(name: str, device: torch.device) -> pwgf.Estimator:
@@ -495,6 +482,13 @@ def verdict(name: str, family: str, r: dict[str, Any]) -> str:
 
 
 # -- storchastic -----------------------------------------------------------------------------------
+def peer_sizes(args: argparse.Namespace) -> list[tuple[int, int, int]]:
+    """The Bernoulli sizes ``(B, D, K)`` the peers time: ``--storchastic-sizes``, or the first
+    two of ``--bernoulli-sizes``."""
+    text = args.storchastic_sizes or ",".join(args.bernoulli_sizes.split(",")[:2])
+    return [(s.batch, s.latents[0], s.k) for s in parse_sizes("bernoulli", text)]
+
+
 def storch_problem(seed: int) -> dict[str, list[float]]:
     g = torch.Generator().manual_seed(seed + 1)
     d = STORCH_PROBLEM_DIM
@@ -560,8 +554,7 @@ def compare_storchastic(
         }
     methods = list(storch_compare.METHODS)  # the script's table; it imports no torch here
     common = [m for m in methods if m == "exact" or m in names]
-    text = args.storchastic_sizes or ",".join(args.bernoulli_sizes.split(",")[:2])
-    sizes = [(s.batch, s.latents[0], s.k) for s in parse_sizes("bernoulli", text)]
+    sizes = peer_sizes(args)
     problem = storch_problem(args.seed)
     calls, n = args.storchastic_draws
     cfg = {
@@ -749,8 +742,7 @@ def compare_pyro(
             "--pyro-python ENV/bin/python",
             "python": python,
         }
-    text = args.storchastic_sizes or ",".join(args.bernoulli_sizes.split(",")[:2])
-    sizes = [(s.batch, s.latents[0], s.k) for s in parse_sizes("bernoulli", text)]
+    sizes = peer_sizes(args)
     cfg = {
         "sizes": [list(s) for s in sizes],
         "x_dim": args.x_dim,

@@ -311,15 +311,11 @@ def _typed(convert: Callable[[str], Any], test: Callable[[Any], bool], what: str
     return parse
 
 
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
-
-
 positive_int = _typed(int, lambda v: v >= 1, "an integer >= 1")
 nonnegative_int = _typed(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _typed(float, lambda v: _finite(v) and v > 0, "a positive finite number")
-nonnegative_float = _typed(float, lambda v: _finite(v) and v >= 0, "a finite number >= 0")
-finite_float = _typed(float, _finite, "a finite number")
+positive_float = _typed(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
+nonnegative_float = _typed(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+finite_float = _typed(float, math.isfinite, "a finite number")
 
 
 def add_thread_arguments(parser: Any) -> None:

@@ -167,12 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (1: fastest for these small tensors; 0 leaves torch's default)",
-    )
+    dk.add_thread_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="base of the training noise (0)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument(
@@ -662,10 +657,6 @@ _PWGF_ONLY = ("bandwidth", "normalization", "step", "min_bandwidth")
 _TRAIN_ARGS = (*VARIABLE, "steps", "device", "dtype", "seed", "seeds", "tail_frac")
 
 
-def _finite(v: float) -> bool:
-    return math.isfinite(v)
-
-
 def validate(args: argparse.Namespace) -> None:
     """Reject options that cannot give a meaningful run, with one message naming the option."""
     bad = dk.UsageError
@@ -673,30 +664,32 @@ def validate(args: argparse.Namespace) -> None:
         raise bad(f"--steps must be >= 2, got {args.steps}")
     if args.batch < 1:
         raise bad(f"--batch must be >= 1, got {args.batch}")
-    if not (_finite(args.init_rate) and args.init_rate > 0):
+    if not (math.isfinite(args.init_rate) and args.init_rate > 0):
         raise bad(f"--init-rate must be a finite rate > 0 (λ = exp(φ)), got {args.init_rate}")
     for opt in ("hidden", "layers", "d_steps"):
         if getattr(args, opt) < 1:
             raise bad(f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
-    if not (_finite(args.tail_frac) and 0 < args.tail_frac <= 1):
+    if not (math.isfinite(args.tail_frac) and 0 < args.tail_frac <= 1):
         raise bad(f"--tail-frac must be in (0, 1], got {args.tail_frac}")
     if args.record_every < 0:
         raise bad(f"--record-every must be >= 0 (0: about 500 rows a run), got {args.record_every}")
     for opt in ("lr_g", "lr_d"):
         v = getattr(args, opt)
-        if not (_finite(v) and v > 0):
+        if not (math.isfinite(v) and v > 0):
             raise bad(f"--{opt.replace('_', '-')} must be a finite number > 0, got {v}")
-    if not (_finite(args.beta1) and 0 <= args.beta1 < 1):
+    if not (math.isfinite(args.beta1) and 0 <= args.beta1 < 1):
         raise bad(f"--beta1 must be in [0, 1), got {args.beta1}")
-    if not (_finite(args.checkpoint_every) and args.checkpoint_every >= 0):
+    if not (math.isfinite(args.checkpoint_every) and args.checkpoint_every >= 0):
         raise bad(f"--checkpoint-every must be a finite number >= 0, got {args.checkpoint_every}")
     if args.min_bandwidth is not None and not (
-        _finite(args.min_bandwidth) and args.min_bandwidth > 0
+        math.isfinite(args.min_bandwidth) and args.min_bandwidth > 0
     ):
         raise bad(f"--min-bandwidth must be a finite number > 0, got {args.min_bandwidth}")
-    if isinstance(args.bandwidth, float) and not (_finite(args.bandwidth) and args.bandwidth > 0):
+    if isinstance(args.bandwidth, float) and not (
+        math.isfinite(args.bandwidth) and args.bandwidth > 0
+    ):
         raise bad(f"--bandwidth must be > 0 or a rule such as 'std*2', got {args.bandwidth}")
-    if args.step is not None and not (_finite(args.step) and args.step > 0):
+    if args.step is not None and not (math.isfinite(args.step) and args.step > 0):
         raise bad(f"--step must be a finite number > 0 or 'none', got {args.step}")
     if args.stop_after is not None and args.stop_after < 1:
         raise bad(f"--stop-after must be >= 1, got {args.stop_after}")

@@ -249,9 +249,7 @@ def cached_run(
     except Exception as exc:
         return {"estimator": name, "p": p, "error": f"{type(exc).__name__}: {exc}"}
     if path is not None and not result.get("skipped"):
-        tmp = path.with_name(path.name + ".tmp")
-        dk.write_json(tmp, {"config": config, "result": result})
-        tmp.replace(path)  # atomic: a run is saved whole or not at all
+        dk.write_json(path, {"config": config, "result": result})  # atomic: whole or not at all
     return result
 
 

@@ -391,10 +391,6 @@ class Progress:
 
 
 # -- outputs ---------------------------------------------------------------------------------------
-_atomic_save = dk.atomic_save
-_write_text = dk.atomic_write_text
-
-
 def write_history_csv(history: list[dict[str, Any]], path: Path) -> None:
     keys: list[str] = []
     for row in history:
@@ -607,7 +603,7 @@ class Trainer:
 
     def save(self) -> None:
         self.check_finite()
-        _atomic_save(self.state(), self.out / "checkpoint.pt")
+        dk.atomic_save(self.state(), self.out / "checkpoint.pt")
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -658,7 +654,7 @@ class Trainer:
         self.history.append(row)
         if self.best is None or row["valid_neg_elbo"] < self.best["valid_neg_elbo"]:
             self.best = dict(row)
-            _atomic_save(
+            dk.atomic_save(
                 {"config": self.cfg, "step": self.step, "model": self.model.state_dict()},
                 self.out / "best.pt",
             )
@@ -861,7 +857,7 @@ def _run_locked(args: argparse.Namespace, cfg: dict[str, Any], out: Path) -> int
         tr.load(saved)
         if not args.quiet:
             print(f"resuming {out} at step {tr.step} of {cfg['steps']}", file=sys.stderr)
-    _write_text(out / "config.json", json.dumps(cfg, indent=1))
+    dk.atomic_write_text(out / "config.json", json.dumps(cfg, indent=1))
     if not args.quiet:
         print(
             f"pwgf vae: {ds.describe()}; {cfg['arch']} ({cfg['prior']} prior), estimator "
@@ -923,7 +919,7 @@ def _finish(tr: Trainer, finished: bool, extra: dict[str, Any], out: Path) -> di
     # by an earlier invocation's --final-iw-samples stays, with the step it was computed at)
     kept = {k: v for k, v in _read_results(out).items() if k not in res}
     res = {**res, **kept}
-    _write_text(out / "results.json", json.dumps(res, indent=1))
+    dk.atomic_write_text(out / "results.json", json.dumps(res, indent=1))
     if tr.history:
         plot_curves(tr.history, tr.cfg, out / "learning_curves.png")
         cfg = tr.cfg

@@ -471,20 +471,16 @@ def measure(args: argparse.Namespace, cells: list[tuple[str, str, str]], steps: 
     return 0
 
 
-def _fail(msg: str) -> int:
-    raise dk.UsageError(msg)
-
-
 def run(args: argparse.Namespace) -> int:
     bench = BENCHMARKS[args.benchmark]
     if args.full and args.steps is not None:
-        return _fail("--full and --steps exclude each other")
+        raise dk.UsageError("--full and --steps exclude each other")
     for name in ("steps", "eval_every"):
         v = getattr(args, name)
         if v is not None and v < 1:
-            return _fail(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+            raise dk.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     if args.measure < 0:
-        return _fail(f"--measure must be >= 0, got {args.measure}")
+        raise dk.UsageError(f"--measure must be >= 0, got {args.measure}")
     opts = sweep.sweep_options(args)
     args.steps = FULL_STEPS if args.full else (args.steps or DEFAULT_STEPS)
     skipped: dict[str, str] = {}
@@ -502,7 +498,7 @@ def run(args: argparse.Namespace) -> int:
         for est in ests
     ]
     if not triples:
-        return _fail("no cells: no registered estimator, architecture or data set given")
+        raise dk.UsageError("no cells: no registered estimator, architecture or data set given")
     if args.measure:
         return measure(args, triples, args.steps)
     cells = make_cells(args, triples)
