@@ -13,7 +13,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,8 +59,75 @@ def test_poisson_kernel_sums_match_exact_sums(lam):
 def test_both_paths_are_exercised():
     lam = torch.tensor([1.0, 1e4, 1e4, 0.01])
     h = torch.tensor([2.0, 200.0, 0.5, 1.0])
-    assert pk.fast_mean_grad_region(lam, h).tolist() == [False, True, False, False]
+    assert pk.fast_mean_grad_region(lam, h).tolist() == [True, True, False, True]
     assert pk.fast_metric_region(lam, h).tolist() == [True, True, False, True]
+
+
+@pytest.mark.parametrize("lam", [0.0, 1e-3, 0.5, 1.0, 3.0, 10.0, 100.0, 1e4])
+def test_one_plan_batches_match_exact_sums(lam):
+    # pWGF's default bandwidth on a batch of nearby rates: one path for the whole batch (a single
+    # rule, or the small-rate window), the common case the batch plan serves without a gather
+    rate = lam * torch.linspace(0.9, 1.1, 7, dtype=torch.float64)
+    h = (2 * rate.sqrt()).clamp(min=1.0)
+    plan, _, _ = pk._batch_plan(rate, h, False)
+    assert plan in ("gh", "small")
+    assert pk._batch_plan(rate, h, True)[0] == "gh"
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    b = torch.stack([torch.poisson(rate, generator=g) for g in gens])
+    a = pk.rbf_mean_grad(rate, h, b)
+    g = pk.rbf_metric(rate, h)
+    a_ref, g_ref = pk.reference_sums(rate, h, b, tail=1e-16, margin=2.0)
+    assert ((a - a_ref).abs().amax(0) <= TOL * a_ref.abs().amax(0)).all()
+    assert ((g - g_ref).abs() <= TOL * g_ref).all()
+
+
+def test_random_points_match_exact_sums():
+    # points of (λ, h) anywhere in the tables' range, not only where they were sampled: every
+    # path (rules of all sizes, small-rate window, per-atom exact sums) in one mixed batch
+    gen = torch.Generator().manual_seed(7)
+    n = 300
+    rate = 10 ** (torch.rand(n, generator=gen, dtype=torch.float64) * 6 - 3)  # 1e-3..1e3
+    h = 10 ** (torch.rand(n, generator=gen, dtype=torch.float64) * 2.3 - 0.3)  # 0.5..100
+    sd = rate.sqrt()
+    z = torch.randn(3, n, generator=gen, dtype=torch.float64)
+    b = (rate + 3 * z * sd).round().clamp(min=0)
+    codes = pk._rule_per_atom(rate, h, False)
+    small = rate <= pk.SMALL_RATE
+    assert (codes == 0).any() and (codes > 0).any() and (small & (codes > 0)).any()
+    a = pk.rbf_mean_grad(rate, h, b)
+    g = pk.rbf_metric(rate, h)
+    # the reference in groups of similar rates, each on its own common window
+    order = rate.argsort()
+    a_ref, g_ref = torch.empty_like(a), torch.empty_like(g)
+    for idx in order.split(30):
+        a_ref[:, idx], g_ref[idx] = pk.reference_sums(
+            rate[idx], h[idx], b[:, idx], tail=1e-16, margin=2.0
+        )
+    err_a = (a - a_ref).abs().amax(0) / a_ref.abs().amax(0)
+    err_g = (g - g_ref).abs() / g_ref
+    assert (err_a <= TOL).all(), err_a.max()
+    assert (err_g <= TOL).all(), err_g.max()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("PWGF_SLOW_TESTS"), reason="slow (about three minutes): PWGF_SLOW_TESTS=1"
+)
+def test_node_tables_are_the_generated_ones():
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    spec = importlib.util.spec_from_file_location("poisson_nodes", tools / "poisson_nodes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert tuple(map(tuple, mod.table(False))) == pk.NODES_A
+    assert tuple(map(tuple, mod.table(True))) == pk.NODES_G
+
+
+def test_node_tables_are_monotone():
+    for table in (pk.NODES_A, pk.NODES_G):
+        big = max(pk.RULES) + 1
+        t = torch.tensor([[big if v == 0 else v for v in r] for r in table])
+        assert t.shape == (len(pk.S_EDGES), len(pk.TAU_EDGES))
+        assert (t[:, 1:] >= t[:, :-1]).all() and (t[1:] >= t[:-1]).all()
+        assert set(t.unique().tolist()) <= set(pk.RULES) | {big}
 
 
 def _grads(est, make, param, f, seed, k=4):
