@@ -227,3 +227,11 @@ def test_categorical_with_thousands_of_classes_stays_small():
 def test_exact_sums_option_is_checked():
     with pytest.raises(pwgf.PWGFError, match="exact_sums"):
         pwgf.get_estimator("pwgf", exact_sums="yes")
+
+
+def test_small_rate_window_covers_every_rate_below_its_grid_point():
+    rates = torch.cat([torch.tensor([0.0, 1e-9]), torch.linspace(1e-4, pk.SMALL_RATE, 400)])
+    _, hi = pwgf.truncation.poisson_bounds(rates.double())
+    widths = torch.tensor([pk._small_width(float(r), pwgf.truncation.DEFAULT_TAIL) for r in rates])
+    assert (widths >= hi.long() + 1).all()
+    assert (widths <= hi.long() + 3).all()  # and not much wider

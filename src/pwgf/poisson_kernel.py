@@ -209,8 +209,17 @@ def _batch_plan(lam: Tensor, h: Tensor, metric: bool) -> tuple[str, int, float]:
 
 
 def _small_width(top: float, tail: float) -> int:
-    """Points of [0, w) holding all but ``tail`` of Poisson(λ) for every λ <= top."""
-    return int(poisson_bounds(torch.tensor([top], dtype=torch.float64), tail)[1]) + 1
+    """Points of [0, w) holding all but ``tail`` of Poisson(λ) for every λ <= top. The bound's
+    upper end grows with λ, so it is taken at ``top`` rounded up to a grid of 16 steps per
+    doubling (from 2^-20), and cached: a few hundred values cover every call."""
+    k = max(math.ceil(16 * math.log2(max(top, 2.0**-20))), -320)
+    return _window_at(k, tail)
+
+
+@lru_cache(maxsize=1024)
+def _window_at(k: int, tail: float) -> int:
+    lam = torch.tensor([2.0 ** (k / 16)], dtype=torch.float64)
+    return int(poisson_bounds(lam, tail)[1]) + 1
 
 
 def fast_mean_grad_region(rate: Tensor, h: Tensor) -> Tensor:
