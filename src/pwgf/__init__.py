@@ -37,7 +37,7 @@ def sample(dist: object, estimator: str = "pwgf", n_samples: int = 1, **options:
     is ``estimator``'s estimate.
 
     ``estimator`` is a name, alias or spec with options (``"pwgf:bandwidth=2"``); ``options`` are
-    further keyword options (see :func:`get_estimator`). Only the estimators that need no more
+    further keyword options (see ``get_estimator``). Only the estimators that need no more
     than ∇f at the samples (the registry's ``pathwise`` flag) work here: ``st``, ``pwgf``,
     ``gumbel-softmax``, ``st-gumbel``, ``reinmax``, ``gumbel-rao``, ``gapped-st``, ``eat``
     (``pwgf`` only with ``step=None``, its default; ``gumbel-softmax`` and ``eat`` return

@@ -1,4 +1,4 @@
-"""The ``pwgf`` command. Each subcommand lives in its own module under :mod:`pwgf.experiments`,
+"""The ``pwgf`` command. Each subcommand lives in its own module under ``pwgf.experiments``,
 imported only when it runs; the library itself never imports them.
 
 Conventions for every command (docs/guide/cli.md): bad input is one line on stderr,

@@ -2,7 +2,7 @@
 
 ``E[f(z)] = Σ_z p_θ(z) f(z)`` over every joint configuration of the atoms: 2^D for D Bernoulli
 coordinates, C^D for D categoricals, and for Poisson the product of the truncated windows of
-:mod:`pwgf.truncation` (tail mass below ``tail`` per coordinate). Configurations are evaluated
+``pwgf.truncation`` (tail mass below ``tail`` per coordinate). Configurations are evaluated
 in chunks, so memory stays bounded; a problem with more than ``max_configs`` configurations is
 refused with an error rather than attempted.
 
@@ -181,7 +181,7 @@ def estimator_expectation(
     For estimators whose estimate averages terms that each depend on one sample
     (``estimator.per_sample``), ``E[ĝ] = Σ_z p_θ(z) ĝ(z)``: the support is fed to the estimator
     as its samples, weighted by their probabilities. For a biased estimator this is what its
-    Monte Carlo mean converges to; for an unbiased one it equals :func:`exact_gradient`.
+    Monte Carlo mean converges to; for an unbiased one it equals ``exact_gradient``.
 
     Args:
         estimator: a ``per_sample`` estimator (``pwgf.get_estimator(name)``).

@@ -1,6 +1,6 @@
 """The discrete families pwgf handles, behind one small interface.
 
-A :class:`Family` wraps a user's ``torch.distributions`` object (``Bernoulli``,
+A ``Family`` wraps a user's ``torch.distributions`` object (``Bernoulli``,
 ``OneHotCategorical`` or ``Poisson``, possibly inside ``Independent``) and exposes what the
 estimators need: the mean μ(θ) as a tensor still attached to the user's graph, detached samples,
 log-probabilities, and the support as a grid of points with differentiable probabilities.
@@ -13,13 +13,13 @@ Terms used throughout:
 * *grid*: for every atom, M support points (``values``, shape ``(*atom_shape, M, V)``, V = 1 for
   scalar families and C for categorical) with their probabilities (``probs``, ``(*atom_shape, M)``).
   Expectations under p_θ are ``Σ_m probs[..., m] ψ(values[..., m, :])``, exact for Bernoulli and
-  categorical, and truncated for Poisson (see :mod:`pwgf.truncation`).
+  categorical, and truncated for Poisson (see ``pwgf.truncation``).
 
-:func:`as_family` reads the user's parameter tensor as it is now and builds a fresh distribution
+``as_family`` reads the user's parameter tensor as it is now and builds a fresh distribution
 from it, so torch's lazily cached probs/logits on the user's object (stale after an optimiser
 step) are never used; a parameter that is itself a stale copy is refused
-(:func:`pwgf.validation.check_fresh`). Value checks run only when validating
-(:mod:`pwgf.validation`).
+(``pwgf.validation.check_fresh``). Value checks run only when validating
+(``pwgf.validation``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from .validation import check_fresh, validates
 class Family(ABC):
     """A discrete, factorised distribution seen the way the estimators need it.
 
-    Made by :func:`as_family` from a ``torch.distributions`` object: ``Bernoulli``,
+    Made by ``as_family`` from a ``torch.distributions`` object: ``Bernoulli``,
     ``OneHotCategorical`` or ``Poisson``, optionally inside ``Independent``, built from logits,
     probabilities or rates. ``shape`` is ``batch_shape + event_shape``; samples have shape
     ``(K, *shape)``. ``param`` is the tensor the distribution was built from: gradients are
@@ -66,7 +66,7 @@ class Family(ABC):
         self.base = base
         self.shape = torch.Size(dist.batch_shape + dist.event_shape)
         self.batch_shape = torch.Size(dist.batch_shape)
-        #: whether value checks run (:mod:`pwgf.validation`); they read tensors on the host
+        #: whether value checks run (``pwgf.validation``); they read tensors on the host
         self.validate = validates(dist) if validate is None else validate
         _check_dtype(self.param_name, self.param)
         if self.validate:
@@ -97,7 +97,7 @@ class Family(ABC):
 
     @abstractmethod
     def _check_parameters(self) -> None:
-        """Value checks (host reads), run only when :attr:`validate`."""
+        """Value checks (host reads), run only when ``validate``."""
 
     def boundary(self) -> Tensor | None:
         """Atoms whose parameter lies where a score ∇ log p is degenerate, ``atom_shape`` bool:
@@ -109,8 +109,8 @@ class Family(ABC):
         return None
 
     def check_interior(self, estimator: str) -> None:
-        """Refuse, with :class:`BoundaryError`, a parameter on the boundary (see
-        :meth:`boundary`) for an estimator whose formula is degenerate there. Only when
+        """Refuse, with ``BoundaryError``, a parameter on the boundary (see
+        ``boundary``) for an estimator whose formula is degenerate there. Only when
         validating and a gradient for the parameter is wanted."""
         if not (self.validate and torch.is_grad_enabled() and self.param.requires_grad):
             return
@@ -479,7 +479,7 @@ def _fresh(kind: type[Distribution], name: str, param: Tensor) -> Distribution:
 
 
 def as_family(dist: object) -> Family:
-    """Wrap ``dist`` as a :class:`Family`.
+    """Wrap ``dist`` as a ``Family``.
 
     Args:
         dist: ``Bernoulli``, ``OneHotCategorical`` or ``Poisson``, optionally inside

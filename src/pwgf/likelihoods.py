@@ -12,7 +12,7 @@ support check, so a cost written with them works under every estimator:
     Poisson(λ):            log p(z) = z log λ - λ - lgamma(z + 1)
 
 Shapes broadcast as in torch: ``bernoulli_log_prob`` and ``poisson_log_prob`` are elementwise,
-``categorical_log_prob`` sums over the last (event) dimension. :func:`log_prob` takes a torch
+``categorical_log_prob`` sums over the last (event) dimension. ``log_prob`` takes a torch
 distribution (``Bernoulli``, ``OneHotCategorical``, ``Poisson``, or ``Independent`` of one) and
 returns what its ``log_prob(value)`` would, relaxed values allowed.
 """
@@ -53,7 +53,7 @@ def log_prob(dist: object, value: Tensor) -> Tensor:
     """``dist.log_prob(value)`` for ``Bernoulli``, ``OneHotCategorical``, ``Poisson`` and
     ``Independent`` of one of them, without the support check, so relaxed values are allowed.
 
-    Raises :class:`pwgf.UnsupportedDistributionError` for other distributions."""
+    Raises ``pwgf.UnsupportedDistributionError`` for other distributions."""
     if isinstance(dist, Independent):
         lp = log_prob(dist.base_dist, value)
         n = dist.reinterpreted_batch_ndims

@@ -37,7 +37,7 @@ The rule ignores the periodic copies of the integrand near ω = 2πj, of relativ
 Exact sums. Atoms of rate at most ``SMALL_RATE`` whose rule would cost more passes take the sum
 over the common window [0, w) (summation by parts, pmf by its ratio: a few points for small λ);
 atoms in a 0 bin take exact sums on their own window (Poisson window of
-:func:`pwgf.truncation.poisson_bounds` intersected, for A, with ``|x - b| <= 8h + 1``). There the
+``pwgf.truncation.poisson_bounds`` intersected, for A, with ``|x - b| <= 8h + 1``). There the
 tail left out is at most ``tail`` of the mass (times max|∂_bκ| <= 1/h for A) and the kernel
 window loses below 1e-13. Those atoms are grouped by window width, so an atom's cost depends on
 its own rate and bandwidth only: at most ~130 points for A; for G, ``M·(16h + 3)`` points, which
@@ -175,7 +175,7 @@ def _rule_per_atom(lam: Tensor, h: Tensor, metric: bool) -> Tensor:
 
 
 def _rule_at(tau: float, s: float, metric: bool) -> int:
-    """:func:`_rule_per_atom` for one point (the tables are non-decreasing in τ and s, so the
+    """``_rule_per_atom`` for one point (the tables are non-decreasing in τ and s, so the
     largest τ and s of a batch name a rule good for all of it)."""
     i = bisect.bisect_left(TAU_EDGES, tau)
     if i == len(TAU_EDGES):
@@ -223,13 +223,13 @@ def _window_at(k: int, tail: float) -> int:
 
 
 def fast_mean_grad_region(rate: Tensor, h: Tensor) -> Tensor:
-    """Where :func:`rbf_mean_grad` may use a Gauss-Hermite rule (bool, broadcast shape)."""
+    """Where ``rbf_mean_grad`` may use a Gauss-Hermite rule (bool, broadcast shape)."""
     rate, h = torch.broadcast_tensors(rate.double(), torch.as_tensor(h, dtype=torch.float64))
     return _rule_per_atom(rate.reshape(-1), h.reshape(-1), False).reshape(rate.shape) > 0
 
 
 def fast_metric_region(rate: Tensor, h: Tensor) -> Tensor:
-    """Where :func:`rbf_metric` uses a Gauss-Hermite rule (bool, broadcast shape)."""
+    """Where ``rbf_metric`` uses a Gauss-Hermite rule (bool, broadcast shape)."""
     rate, h = torch.broadcast_tensors(rate.double(), torch.as_tensor(h, dtype=torch.float64))
     return _rule_per_atom(rate.reshape(-1), h.reshape(-1), True).reshape(rate.shape) > 0
 
@@ -502,7 +502,7 @@ def reference_sums(
     rate: Tensor, h: Tensor, b: Tensor, tail: float = DEFAULT_TAIL, margin: float = 0.0
 ) -> tuple[Tensor, Tensor]:
     """(A, G) by plain sums over one window common to all atoms (the original implementation,
-    kept as the reference): the window of :func:`pwgf.truncation.poisson_window`, widened by
+    kept as the reference): the window of ``pwgf.truncation.poisson_window``, widened by
     ``margin`` standard deviations each side. O(M) and O(M²) per atom, for tests."""
     lam, hh = _flat(rate, h)
     bb = b.detach().double().reshape(b.shape[0], -1)

@@ -4,7 +4,7 @@ An estimator is named by a *spec*: its name or alias, optionally followed by key
 ``"name:key=value,key=value"`` (``"pwgf:step=0.5,bandwidth=2"``; ``:`` also separates options,
 ``"pwgf:step=0.5:bandwidth=2"``). Values are read as int, float, bool (``true``/``false``),
 ``None`` (``none``/``null``) or else kept as a string. The same spelling is accepted by
-:func:`get_estimator`, :func:`pwgf.sample` and every command's ``--estimator(s)``.
+``get_estimator``, ``pwgf.sample`` and every command's ``--estimator(s)``.
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ def parse_value(text: str) -> Any:
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"pwgf:step=0.5,bandwidth=2"`` -> ``("pwgf", {"step": 0.5, "bandwidth": 2})``.
 
-    The name is returned as written (see :func:`resolve`); option names are not checked here
-    (:func:`get_estimator` checks them against the estimator's). Raises :class:`PWGFError` for a
+    The name is returned as written (see ``resolve``); option names are not checked here
+    (``get_estimator`` checks them against the estimator's). Raises ``PWGFError`` for a
     malformed spec or an option given twice."""
     if not isinstance(spec, str):
         raise PWGFError(f"an estimator is named by a string, got {type(spec).__name__}")
@@ -109,7 +109,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def format_spec(name: str, options: dict[str, Any]) -> str:
-    """The spec of ``name`` with ``options``, as :func:`parse_spec` reads it back."""
+    """The spec of ``name`` with ``options``, as ``parse_spec`` reads it back."""
     if not options:
         return name
     return name + ":" + ",".join(f"{k}={v}" for k, v in options.items())

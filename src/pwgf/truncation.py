@@ -71,7 +71,7 @@ def poisson_window(rate: torch.Tensor, tail: float = DEFAULT_TAIL) -> tuple[torc
 
 
 def poisson_grid(rate: torch.Tensor, tail: float = DEFAULT_TAIL) -> torch.Tensor:
-    """Support points, shape ``(*rate.shape, W)``: the window of :func:`poisson_window`."""
+    """Support points, shape ``(*rate.shape, W)``: the window of ``poisson_window``."""
     lo, width = poisson_window(rate, tail)
     steps = torch.arange(width, device=rate.device, dtype=rate.dtype)
     return lo.unsqueeze(-1) + steps

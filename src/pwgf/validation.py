@@ -3,7 +3,7 @@
 Rule (torch.distributions' convention): a distribution's parameters are checked (finite, in
 range, not on a boundary the estimator cannot handle, not stale) unless validation is off,
 either for that distribution (an explicit ``validate_args=False``, which also turns off torch's
-own checks) or library-wide (:func:`set_validation`, or the :func:`validation` context manager).
+own checks) or library-wide (``set_validation``, or the ``validation`` context manager).
 A check reads a tensor's value on the host, which on CUDA is a device synchronisation and under
 ``torch.compile`` a graph break; with validation off nothing on the estimators' paths does that.
 Checks that cost no host read (dtypes, shapes, option values) always run.
@@ -91,7 +91,7 @@ def _leaves(t: Tensor) -> list[Tensor]:
 
 
 def check_fresh(dist: object, param: Tensor, family: str) -> None:
-    """Raise :class:`StaleDistributionError` if tensors under ``param`` changed in place since
+    """Raise ``StaleDistributionError`` if tensors under ``param`` changed in place since
     pwgf first saw ``dist``. No host read; skipped for leaf parameters (read afresh)."""
     if param.grad_fn is None or torch.compiler.is_compiling():
         return

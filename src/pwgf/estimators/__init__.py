@@ -1,1 +1,1 @@
-"""One estimator a module; :mod:`pwgf.registry` is the table of them."""
+"""One estimator a module; ``pwgf.registry`` is the table of them."""

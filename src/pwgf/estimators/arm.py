@@ -17,7 +17,7 @@ ordinary gradient of that mean.
 For a distribution built from probabilities the estimate is still for the logits ℓ: it is attached
 as ``ĝ_ℓ · ℓ`` with ℓ = ``dist.logits`` (which torch derives from the probs differentiably), so
 autograd applies the chain rule to the probs. Outputs are credited to batch entries as in
-REINFORCE (``joint_score``; see :mod:`pwgf.estimators.base`).
+REINFORCE (``joint_score``; see ``pwgf.estimators.base``).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class RelaxedInputError(InvalidCostError):
 
 
 class Estimator(nn.Module):
-    """Base class. Subclasses set the class attributes and implement :meth:`surrogate_at`."""
+    """Base class. Subclasses set the class attributes and implement ``surrogate_at``."""
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
@@ -190,7 +190,7 @@ class Estimator(nn.Module):
 
 class _RelaxedGuard:
     """f as given, but an exception f raises on a non-discrete input is re-raised (chained) as
-    :class:`RelaxedInputError`, naming the estimator and how to write f. Costs nothing unless f
+    ``RelaxedInputError``, naming the estimator and how to write f. Costs nothing unless f
     raises: the input is inspected only then."""
 
     def __init__(self, f: CostFn, estimator: str) -> None:
@@ -234,7 +234,7 @@ def _discrete_estimators() -> list[str]:
 
 class PathwiseEstimator(Estimator):
     """An estimator defined by a backward rule at each sample: the surrogate is f averaged over
-    the samples after :meth:`attach`."""
+    the samples after ``attach``."""
 
     pathwise = True
     per_sample = True

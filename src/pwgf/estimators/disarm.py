@@ -12,7 +12,7 @@ Variables" (NeurIPS 2020). With u ~ U(0, 1)^D, the antithetic pair
 It is ARM's estimate conditioned on (b, b̃) (ARM with u_d integrated out), so it is unbiased and,
 by Rao-Blackwell, its variance is at most ARM's in every coordinate, for any f. Two evaluations
 of f per sample, made in one call on a batch of 2K; the surrogate's value, the treatment of f's
-parameters, of probs-built distributions and of outputs are as for :mod:`pwgf.estimators.arm`.
+parameters, of probs-built distributions and of outputs are as for ``pwgf.estimators.arm``.
 """
 
 from __future__ import annotations

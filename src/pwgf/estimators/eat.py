@@ -23,7 +23,7 @@ Moments (Campbell's theorem, n -> ∞, a = 1/τ): ``E z̃ = λ τ F₁(a)``, ``V
 with ``F_j(a) = ∫_{-∞}^a H(x)^j dx``; so cubic and linear have ``E z̃ = λ`` exactly for τ <= 1,
 ``Var z̃ = λ(1 - 9τ/35)`` (cubic) and ``λ(1 - τ/3)`` (linear); sigmoid has
 ``E z̃ = λ τ log(1 + e^{1/τ})`` and ``Var z̃ = λ τ [log(1 + e^{1/τ}) - σ(1/τ)]``
-(:func:`campbell_moments`). f is evaluated on z̃ and differentiated through it, so the estimate
+(``campbell_moments``). f is evaluated on z̃ and differentiated through it, so the estimate
 is the unbiased gradient of the *relaxed* objective ``E[f(z̃)]``, a biased one of ∇E[f(z)].
 
 ``hard=True`` (the P-VAE's "st"): the forward value is the exact count ``#{k : T_k < 1}``,
@@ -32,7 +32,7 @@ draw whatever n is: if all n arrivals fall before 1, the arrivals left in ``[T_n
 Poisson(λ(1 - T_n)) by memorylessness and are drawn as such (``torch.poisson``).
 
 Truncation (``n_exp``). An int is used as given. ``"auto"`` (default) takes the library's
-Poisson window (:mod:`pwgf.truncation`) at the largest rate in the call, scaled to the horizon
+Poisson window (``pwgf.truncation``) at the largest rate in the call, scaled to the horizon
 ``t* = 1 + s`` that the indicator can still see: ``n = hi`` of the window of Poisson(λ_max t*)
 at tail mass ``tail``, where ``s = τ`` for cubic and linear (H = 0 beyond it) and
 ``s = τ log(max(2 λ_max τ / tail, 1))`` for sigmoid. The dropped terms ``Σ_{k>n} H(...)`` are

@@ -34,7 +34,7 @@ log-pmf; the common ``-λ`` does not change the softmax),
     y = softmax((ℓ + G) / τ) over the window,   relaxed value  z̃ = Σ_m x_m y_m,
     hard value  x_{argmax(ℓ + G)}.
 
-The window is the library's (:func:`pwgf.truncation.poisson_grid` at ``tail`` = 1e-10, per
+The window is the library's (``pwgf.truncation.poisson_grid`` at ``tail`` = 1e-10, per
 atom ``lo + arange(M)``, so ``{0..M-1}`` for small rates and a band of width O(√λ) around λ for
 large ones). Tail mass: the softmax over the window *renormalises* the Poisson onto it, i.e. the
 hard value is an exact draw from Poisson(λ) conditioned on the window, whose total-variation

@@ -22,9 +22,9 @@ decreases in M (M = 1 is ST-Gumbel in distribution). f is evaluated once, at the
 the M relaxed Jacobians cost no extra evaluations of f.
 
 Bernoulli(ℓ) is the 2-class categorical on ``(1 - z, z)`` with logits ``(0, ℓ)`` (its relaxed
-coordinate is the binary Concrete, as in :mod:`pwgf.estimators.gumbel`).
+coordinate is the binary Concrete, as in ``pwgf.estimators.gumbel``).
 
-The randomness is the hard sample and the conditional noise drawn in :meth:`attach`, so the
+The randomness is the hard sample and the conditional noise drawn in ``attach``, so the
 estimate is not a function of the discrete sample alone (not ``per_sample``); the tests compare
 its mean with ST-Gumbel's exact expectation by quadrature over the noise.
 """
@@ -58,7 +58,7 @@ def two_class(fam: Family, z: Tensor) -> tuple[Tensor, Tensor]:
 def straight_through(fam: Family, z: Tensor, logits: Tensor, x: Tensor, tau: float) -> Tensor:
     """``z`` in value, backward through ``softmax((θ + s)/τ)`` with the shift ``s = x - θ`` held
     fixed (0 where θ = -inf), averaged over the draws of ``x`` ``(M, K, …, C)``; ``logits`` and
-    ``z`` as from :func:`two_class` and ``fam``."""
+    ``z`` as from ``two_class`` and ``fam``."""
     theta = logits.detach()
     shift = torch.where(torch.isfinite(theta), x - theta, torch.zeros_like(x))
     y = torch.softmax((logits + shift) / tau, -1).mean(0)

@@ -16,7 +16,7 @@ so with K samples (the same samples serve every atom)
 It is unbiased, and Rao-Blackwellised per atom (the score of atom d is replaced by its
 conditional expectation given the others). The price is cost: ``D·C`` extra evaluations of f per
 sample (D atoms, C categories; Bernoulli: C = 2). Where the outputs are per batch entry (``S`` a
-prefix of the batch shape, see :mod:`pwgf.estimators.base`), D counts the atoms of one entry and
+prefix of the batch shape, see ``pwgf.estimators.base``), D counts the atoms of one entry and
 every entry's atom d is varied at once, so a VAE with L latents of C classes costs ``L·C``
 decoder passes over the batch per sample; ``joint_score=True`` varies every atom of the whole
 batch separately.

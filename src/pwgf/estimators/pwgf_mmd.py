@@ -27,7 +27,7 @@ linear kernel on every family, ``∇_μ E[∂_b κ(x, b)]|_{b=z_k}`` is the same
 every sample (Bernoulli: ``∂_bκ(1, b) - ∂_bκ(0, b) = c₀/h²``; categorical: ``c/h²`` on the
 simplex's tangent space), so pWGF is ``2 s a`` times ST, ``z + 2sa (μ - stopgrad μ)``: ST's cost
 and memory (ESTIMATORS.md oracles 1-3). On Poisson with the RBF kernel the per-sample term and G
-come from :mod:`pwgf.poisson_kernel` (a Gauss-Hermite rule of 4-48 nodes chosen per atom from a
+come from ``pwgf.poisson_kernel`` (a Gauss-Hermite rule of 4-48 nodes chosen per atom from a
 table, or exact sums on a small window where that is cheaper or no rule is accurate), at a cost
 independent of the rate.
 ``exact_sums=True`` computes everything as plain sums over the truncated support common to all
@@ -153,7 +153,7 @@ class PWGFKernel(PathwiseEstimator):
         return (2 * self.scale(fam, h) * a).detach()
 
     def _scalar_constant(self, fam: Family) -> float | None:
-        """:meth:`st_constant` as a Python number where h is the same for every atom: a fixed
+        """``st_constant`` as a Python number where h is the same for every atom: a fixed
         bandwidth, or a 'std' rule on Bernoulli whose floor always wins (std <= 1/2)."""
         if self.kernel.name == "linear":
             return 1.0

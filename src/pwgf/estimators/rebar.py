@@ -3,7 +3,7 @@
 Source: Tucker, Mnih, Maddison, Lawson & Sohl-Dickstein, "REBAR: Low-variance, unbiased gradient
 estimates for discrete latent variable models" (NeurIPS 2017): the estimator, its appendix on
 conditional Gumbel/logistic samples, and its online tuning of η and λ. The general form with a
-learned control variate c is RELAX (:mod:`pwgf.estimators.relax`); REBAR is its special case
+learned control variate c is RELAX (``pwgf.estimators.relax``); REBAR is its special case
 ``c(z) = η f(σ_λ(z))``.
 
 For the logits ℓ (Bernoulli: logistic noise; one-hot categorical: Gumbel noise on log π),
@@ -26,7 +26,7 @@ categorical the estimate is taken in the tangent directions, ``ĝ - π ⟨1, ĝ�
 unnormalised logits, which is what reaches any parameterisation (its mean is unchanged, since the
 true gradient has ⟨1, ∇⟩ = 0). With K samples the estimate is the average of K such terms.
 
-Where the gradient goes (:meth:`Rebar.surrogate`):
+Where the gradient goes (``Rebar.surrogate``):
 
 * the estimate is computed for a detached, per-sample copy of the logits tensor
   ``dist.logits`` (``fam.base.logits``; torch derives it from the probs differentiably when the
@@ -38,7 +38,7 @@ Where the gradient goes (:meth:`Rebar.surrogate`):
   differentiated with respect to the logits copy (and, for tuning, the estimator's parameters),
   so they give f's parameters no gradient at all, not even a zero-mean one;
 * the estimator's own parameters (``log_temperature``, ``eta``, and RELAX's network) get no
-  gradient from the surrogate; they are trained by :meth:`Rebar.variance_loss`.
+  gradient from the surrogate; they are trained by ``Rebar.variance_loss``.
 
 Tuning (as in both papers): E[ĝ] does not depend on the estimator's
 parameters φ, so ``∇_φ Var(ĝ) = ∇_φ E[‖ĝ‖²]``. In training mode with ``tune=True`` (and grad
@@ -58,7 +58,7 @@ parameters never receive gradient from the model's loss, so nothing is double co
 model's gradient is the same with or without tuning.
 
 Outputs are credited to batch entries as in REINFORCE (``joint_score``, see
-:mod:`pwgf.estimators.base`): when f's output shape S is a prefix of the batch shape, output s's
+``pwgf.estimators.base``): when f's output shape S is a prefix of the batch shape, output s's
 control variate and score are those of batch entry s, and the surrogate gives the right gradient
 for any reduction of the outputs. Otherwise (or with ``joint_score=True``) the estimate is for the
 sum of the outputs and is spread equally over them: right for ``sum`` or ``mean``.
@@ -167,7 +167,7 @@ class _Draws(NamedTuple):
 class Rebar(Estimator):
     """REBAR (Tucker et al. 2017); see the module docstring for the formula and the tuning API.
 
-    Parameters (``nn.Parameter``, tuned by :meth:`variance_loss`): ``log_temperature`` (log λ)
+    Parameters (``nn.Parameter``, tuned by ``variance_loss``): ``log_temperature`` (log λ)
     and ``eta`` (η). They are kept in the default dtype at construction; computations follow the
     distribution's dtype and device (the parameters are cast, differentiably). Move the estimator
     with ``.to(device)`` like any module.

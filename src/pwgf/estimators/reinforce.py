@@ -13,7 +13,7 @@ whose mean cost is not finite leaves the average as it was and is counted in
 
 At a parameter on the boundary of its range (Bernoulli probs of exactly 0 or 1, a categorical
 probability of 0, a Poisson rate of 0) the score is degenerate and the estimate would be wrong; it
-is refused there with :class:`pwgf.errors.BoundaryError` (see ``Family.boundary``).
+is refused there with ``pwgf.errors.BoundaryError`` (see ``Family.boundary``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Source: Grathwohl, Choi, Wu, Roeder & Duvenaud, "Backpropagation through the Void: Optimizing
 control variates for black-box gradient estimation" (ICLR 2018): discrete RELAX, with the control
 variate in its "REBAR + learned" form. With z, b = H(z) and the conditional sample z̃ ~ p(z | b)
-exactly as in REBAR (:mod:`pwgf.estimators.rebar`), for any differentiable c_φ,
+exactly as in REBAR (``pwgf.estimators.rebar``), for any differentiable c_φ,
 
     ĝ_ℓ = [f(b) - c_φ(z̃)] ∇_ℓ log p(b) + ∇_ℓ c_φ(z(ℓ, u)) - ∇_ℓ c_φ(z̃(ℓ, v, b)),
 
@@ -17,7 +17,7 @@ at zero, so RELAX starts as REBAR with the same λ and η.
 The network's input is the relaxed sample σ_λ(z) (bounded in (0, 1), the values f sees) of one
 control-variate group, flattened: per batch entry when f's outputs are credited per batch entry
 (its n = the atoms of one entry times the number of categories, independent of the batch size),
-or the whole sample when credit is joint (see :mod:`pwgf.estimators.rebar`). Because the estimator
+or the whole sample when credit is joint (see ``pwgf.estimators.rebar``). Because the estimator
 is created before it sees data, ``input_size=None`` (the default) makes the first layer an
 ``nn.LazyLinear`` that takes n from the first call. An optimiser may be built over
 ``est.parameters()`` before that call: torch materialises a lazy parameter in place, so the

@@ -36,7 +36,7 @@ peak memory <= 4x the floor's for every estimator. The table marks each cell PAS
 
 Peers, each in its own interpreter with its own interleaved floor (the ratios are comparable,
 the absolute times are not): storchastic 0.3.7 (``--storchastic-python``, see
-:mod:`pwgf.experiments.storch_compare`) on the Bernoulli sizes in ``--storchastic-sizes``, and the
+``pwgf.experiments.storch_compare``) on the Bernoulli sizes in ``--storchastic-sizes``, and the
 mean of its gradient estimates on a small problem with an exact answer. A peer that cannot be
 imported is reported as not run, with the reason and how to install it.
 
@@ -314,7 +314,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
 
 
 def steady_peak(fn: Callable[[], object], device: torch.device) -> int | None:
-    """:func:`peak_memory` of a second call: the first one profiled can count, as new, buffers
+    """``peak_memory`` of a second call: the first one profiled can count, as new, buffers
     that replace ones allocated before profiling (the profiler does not see those freed)."""
     peak_memory(fn, device)
     return peak_memory(fn, device)
@@ -332,7 +332,7 @@ def interleaved(
     floor: Callable[[], object], est: Callable[[], object], rounds: int, device: torch.device
 ) -> dict[str, Any]:
     """One warm-up call of each, then ``rounds`` rounds of (floor, estimator), alternating which
-    goes first; the ratio is the median of the per-round ratios (:func:`peers.interleaved`, the
+    goes first; the ratio is the median of the per-round ratios (``peers.interleaved``, the
     peers' own timing)."""
     res = peers.interleaved(
         est, floor, warmup=1, repeats=rounds, sync=lambda: dk.synchronize(device)

@@ -21,7 +21,7 @@ Shapes are written ``CxL`` (C categories, L latent variables), as in the authors
 (``reinmax_${C}_${L}.sh``): 8x4, 4x24, 8x16, 16x12, 64x8, 10x30.
 
 The default run is a stated CPU budget (see ``DEFAULT_BUDGET``); ``--full`` is the paper's. Each
-cell (shape, estimator, seed) is one resumable training run through :mod:`pwgf.experiments.sweep`
+cell (shape, estimator, seed) is one resumable training run through ``pwgf.experiments.sweep``
 in ``DIR/<cell>/``; rerunning the command continues an interrupted grid.
 """
 
@@ -199,7 +199,7 @@ _DATA: dict[tuple, tuple[Tensor, Tensor]] = {}
 
 def load_mnist(data_dir: str | None, verify: bool, download: bool) -> tuple[Tensor, Tensor]:
     """All 60000 training and 10000 test images, uint8 (N, 784), read through
-    :mod:`pwgf.experiments.data` (checksums checked unless ``verify`` is False)."""
+    ``pwgf.experiments.data`` (checksums checked unless ``verify`` is False)."""
     key = (data_dir, verify, download)
     if key not in _DATA:
         sums = mnist_data.DEFAULT_CHECKSUMS["mnist"] if verify else None

@@ -509,7 +509,7 @@ def load_dataset(
     download: bool | None = None,
     checksums: Mapping[str, str] | None = None,
 ) -> Dataset:
-    """One of :data:`DATASETS` with its standard split (see the module's docstring).
+    """One of ``DATASETS`` with its standard split (see the module's docstring).
 
     Parsed data sets are kept in memory for the life of the process (keyed by the files' paths,
     sizes and modification times), so a grid of runs parses each file once.

@@ -1,6 +1,6 @@
 """``pwgf demo``: exact vs estimated gradients of every estimator on small problems.
 
-For each problem (see :mod:`pwgf.experiments.problems`) and each estimator that supports its
+For each problem (see ``pwgf.experiments.problems``) and each estimator that supports its
 family: the exact gradient by enumeration, the estimator's own exact mean (for estimators whose
 mean is a sum over the support), and the Monte Carlo mean of ``--draws`` independent estimates
 with its standard error. Needs no data; takes seconds on a CPU.

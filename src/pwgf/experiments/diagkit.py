@@ -2,14 +2,14 @@
 counts evaluations, a progress line on stderr, timing, writers for CSV / JSON / plots, and the
 pieces that keep a command's input and output safe:
 
-* :class:`UsageError` (bad command-line input: ``pwgf`` prints it on one line, exit code 2) and
-  argparse types that check a value up front (:func:`positive_int`, :func:`nonnegative_int`,
-  :func:`positive_float`, ...);
-* :func:`add_thread_arguments` (one ``--threads`` policy for every command) and
-  :func:`add_device_arguments` / :func:`resolve_device` / :func:`resolve_dtype`;
-* :class:`OutputLock` (one run at a time per output folder; a stale lock of a dead process is
-  taken over), :func:`atomic_write_text` / :func:`atomic_save` (write through a temporary file
-  that is removed if the write fails, e.g. on a full disk) and :func:`load_checkpoint` (a
+* ``UsageError`` (bad command-line input: ``pwgf`` prints it on one line, exit code 2) and
+  argparse types that check a value up front (``positive_int``, ``nonnegative_int``,
+  ``positive_float``, ...);
+* ``add_thread_arguments`` (one ``--threads`` policy for every command) and
+  ``add_device_arguments`` / ``resolve_device`` / ``resolve_dtype``;
+* ``OutputLock`` (one run at a time per output folder; a stale lock of a dead process is
+  taken over), ``atomic_write_text`` / ``atomic_save`` (write through a temporary file
+  that is removed if the write fails, e.g. on a full disk) and ``load_checkpoint`` (a
   truncated or garbage checkpoint is a clear error, never silently replaced).
 """
 
@@ -319,7 +319,7 @@ finite_float = _typed(float, math.isfinite, "a finite number")
 
 
 def add_thread_arguments(parser: Any) -> None:
-    """``--threads`` with the one default of every command (:data:`DEFAULT_THREADS`)."""
+    """``--threads`` with the one default of every command (``DEFAULT_THREADS``)."""
     parser.add_argument(
         "--threads", type=nonnegative_int, default=DEFAULT_THREADS, help=THREADS_HELP
     )
@@ -340,7 +340,7 @@ def add_device_arguments(parser: Any, dtype: bool = True) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``torch.device(name)``, checked to exist on this machine (:class:`UsageError` if not)."""
+    """``torch.device(name)``, checked to exist on this machine (``UsageError`` if not)."""
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError, ValueError):
@@ -411,7 +411,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save(obj, path)`` through :func:`atomic_write`."""
+    """``torch.save(obj, path)`` through ``atomic_write``."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -422,9 +422,9 @@ class CorruptCheckpointError(pwgf.PWGFError):
 def load_checkpoint(
     path: Path, required: Iterable[str] = (), map_location: Any = "cpu"
 ) -> dict[str, Any]:
-    """The dict saved at ``path`` by :func:`atomic_save`, with the ``required`` keys.
+    """The dict saved at ``path`` by ``atomic_save``, with the ``required`` keys.
 
-    Raises :class:`CorruptCheckpointError` (naming the file and what is wrong) if it cannot be
+    Raises ``CorruptCheckpointError`` (naming the file and what is wrong) if it cannot be
     read: a run must never start over silently on top of the finished work it stands for."""
     path = Path(path)
     hint = (
@@ -455,7 +455,7 @@ class OutputLock:
     """One run at a time writes to an output folder: ``with OutputLock(out): ...``.
 
     Creates ``out/.lock`` (exclusively) holding the process id and host. A second run finds it
-    and raises :class:`UsageError`, naming the holder. A lock left by a process that no longer
+    and raises ``UsageError``, naming the holder. A lock left by a process that no longer
     runs (killed, machine rebooted) on this host is stale: it is taken over, with a note on
     stderr. On another host the holder cannot be checked, so the lock is respected."""
 

@@ -138,7 +138,7 @@ def draw_estimates(
     """``draws`` independent gradient estimates for ``prob.param``, shape ``(draws, *param)``.
 
     Batched: a block of b copies of the problem, ``f`` giving one cost per copy ``(K, b)``;
-    every estimator credits output s to copy s (see :mod:`pwgf.estimators.base`), so row s of the
+    every estimator credits output s to copy s (see ``pwgf.estimators.base``), so row s of the
     gradient is an estimate that saw only copy s's samples."""
     out = []
     if loop:

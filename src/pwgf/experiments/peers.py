@@ -1,7 +1,7 @@
 """Timing shared by the peer scripts ``pyro_compare.py`` and ``storch_compare.py``.
 
 Those scripts run in another library's interpreter, where ``pwgf`` need not be installed, so
-this module imports nothing from ``pwgf`` (and ``torch`` only inside :func:`decoder_floor`):
+this module imports nothing from ``pwgf`` (and ``torch`` only inside ``decoder_floor``):
 the scripts import it as a sibling file when run, and as ``pwgf.experiments.peers`` when
 imported from the package.
 

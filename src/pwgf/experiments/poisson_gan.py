@@ -13,7 +13,7 @@ so each seed's generator and discriminator only ever see their own samples. Adam
 so one optimiser over the batched tensors is the same as one optimiser per seed. The only Python
 loop is over steps.
 
-Runs go through :mod:`pwgf.experiments.sweep`: one cell per estimator (and per combination of
+Runs go through ``pwgf.experiments.sweep``: one cell per estimator (and per combination of
 ``--vary OPTION=V1,V2`` values, for a grid of settings), the seeds of a cell batched as above;
 ``--executor ray`` runs the cells as Ray tasks, ``--jobs N`` N at once locally.
 

@@ -1,13 +1,13 @@
 """``pwgf poisson-vae``: the Poisson VAE benchmark (P-VAE; Vafaii, Galor & Yates, NeurIPS 2024,
 arXiv 2405.14473), MNIST, 512 Poisson latents, linear decoder, with exact gradients.
 
-The model is :mod:`pwgf.experiments.poisson_vae_model`: a linear (or conv) encoder, ``x̂ = Φz``,
+The model is ``pwgf.experiments.poisson_vae_model``: a linear (or conv) encoder, ``x̂ = Φz``,
 loss ``SSE(x, Φz) + β KL(Pois(λ) ‖ Pois(e^r))``. With a linear decoder ``E‖x - Φz‖²`` is closed
 form, so ``exact`` (the P-VAE's "exact" method) trains on the exact expected loss and every other
 estimator can be compared against the exact gradient at the same parameters and batch.
 
 Estimators are given as specs, ``name[:key=value[:key=value...]]`` (values parsed as JSON), or by
-one of the names of :data:`PRESETS` (``eat-sigmoid``, ``eat-cubic``, ``eat-hard``). An estimator
+one of the names of ``PRESETS`` (``eat-sigmoid``, ``eat-cubic``, ``eat-hard``). An estimator
 with a ``temperature`` option that the spec does not fix follows the P-VAE's schedule (linear
 from ``--temp-start`` to ``--temp-stop`` over the first half of training).
 
@@ -16,17 +16,17 @@ against the P-VAE code (``vae/config_vae.py``, ``base/config_base.py``; see
 docs/benchmarks/poisson-vae.md for where they differ): pixels in [0, 1], 60000 train / 10000
 test, batch 100, Adamax lr 2e-3 β (.9, .999), weight decay 3e-4, gradient-norm clip 1000, 400
 epochs, KL weight linear from 1e-4 to β = 1 over the first half, temperature 1 → 0.05 over the
-first half, prior log-rates U(-6, -4). The default budget is the same with :data:`DEFAULT_STEPS`
+first half, prior log-rates U(-6, -4). The default budget is the same with ``DEFAULT_STEPS``
 steps per run (a fraction of an epoch: the schedules are compressed to it), two seeds.
 
-Every run is a cell of :mod:`pwgf.experiments.sweep` (``train_cell``), checkpointed in
+Every run is a cell of ``pwgf.experiments.sweep`` (``train_cell``), checkpointed in
 ``DIR/cells/<cell>/`` (model, optimiser, data order, random state, history) at each evaluation
 and every ``--checkpoint-every`` seconds; a rerun with the same ``DIR`` resumes. Writes
 ``DIR/results.json`` (per estimator: the final test negative ELBO of each seed, mean ± s.e., the
 settings), ``results.csv``, ``seeds.csv``, ``learning_curves.png``, and, from the first seed's
 ``exact`` run (the exact-gradient trajectory), ``quality.csv`` / ``quality.png``: the gradient
 quality of every ``--quality-estimators`` at several points of training (see
-:func:`measure_quality`).
+``measure_quality``).
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ _DATA: dict[tuple, tuple[Tensor, Tensor, dict[str, str]]] = {}
 
 def load_mnist(data_dir: str | None, verify: bool = True) -> tuple[Tensor, Tensor, dict[str, str]]:
     """MNIST's 60000 training and 10000 test images as uint8 ``(N, 784)``, through the IDX
-    loaders of :mod:`pwgf.experiments.data` (checksums verified unless ``verify`` is False)."""
+    loaders of ``pwgf.experiments.data`` (checksums verified unless ``verify`` is False)."""
     key = (data_dir, verify)
     if key not in _DATA:
         arrays, files = {}, {}
@@ -370,14 +370,14 @@ def measure_quality(
     beta: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Gradient quality in log-rates ``u`` at the model's parameters and batch ``x``, against the
-    exact gradient ``g*`` of Σ_b (E[SSE_b] + β KL_b) (closed form, :func:`exact_grad_u`).
+    exact gradient ``g*`` of Σ_b (E[SSE_b] + β KL_b) (closed form, ``exact_grad_u``).
 
     For each spec, ``draws`` independent estimates ĝ_r (one sample each, K = the estimator's
     least) of the same gradient: ``rel_bias = ‖ḡ - g*‖ / ‖g*‖`` (with its Monte Carlo noise floor
     ``sqrt(tr Σ / R) / ‖g*‖``); the Hitchhiker's ``bias_energy = βᵀHβ / g*ᵀHg*`` (β = ḡ - g*,
     debiased by subtracting ``tr(HΣ)/R``, the part of βᵀHβ that is Monte Carlo noise) and
     ``noise_energy = tr(HΣ) / g*ᵀHg*`` with H the exact Hessian of the expected loss in ``u``
-    (Hessian-vector products, :func:`hessian_vector_product`; H can be indefinite, so an energy
+    (Hessian-vector products, ``hessian_vector_product``; H can be indefinite, so an energy
     can be negative); ``cosine``: mean cosine of ĝ_r with g*; ``cost``: seconds per estimate
     (surrogate and backward) relative to the exact gradient's by autograd on the same batch."""
     u0 = model.log_rate(x).detach()

@@ -19,7 +19,7 @@ In log-rates ``u = log λ`` the Hessian of the expected loss of one image is
     H_u = D_λ H_λ D_λ + diag(g_λ ⊙ λ),    H_λ = 2 ΦᵀΦ + β diag(1/λ),
     g_λ = -2 Φᵀ(x - Φλ) + ‖φ‖² + β log(λ/ρ)
 
-(:func:`hessian_vector_product`), used by the gradient-quality measures.
+(``hessian_vector_product``), used by the gradient-quality measures.
 """
 
 from __future__ import annotations

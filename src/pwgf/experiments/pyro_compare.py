@@ -1,7 +1,7 @@
 """Time pyro's ``TraceGraph_ELBO`` (REINFORCE with a decaying-average baseline) for ``pwgf bench``.
 
 A standalone script, run in its own interpreter (it imports ``torch``, ``pyro`` and its sibling
-:mod:`peers`, never ``pwgf``), so that pyro's cost is measured against a floor in the same process:
+``peers``, never ``pwgf``), so that pyro's cost is measured against a floor in the same process:
 ``PYTHON pyro_compare.py CONFIG.json OUT.json``; ``PYTHON pyro_compare.py --probe`` prints
 ``{"pyro": VERSION, "torch": VERSION}`` or exits 3 when pyro does not import.
 

@@ -1,7 +1,7 @@
 """Run storchastic's estimators for ``pwgf bench``, in a separate interpreter.
 
 This file is a standalone script: it imports only ``torch``, ``storch`` (storchastic 0.3.7,
-which patches torch when imported, hence the separate process) and its sibling :mod:`peers`,
+which patches torch when imported, hence the separate process) and its sibling ``peers``,
 never ``pwgf``. ``pwgf bench`` launches it as ``PYTHON storch_compare.py CONFIG.json OUT.json``
 and reads OUT.json back; the exact answers it is compared with are computed by the parent with
 pwgf.

@@ -1,8 +1,8 @@
 """The sweep layer: a grid of resumable training runs, one executor, one progress display.
 
-A benchmark command builds a list of :class:`Cell` (``key``: what identifies the cell, e.g.
+A benchmark command builds a list of ``Cell`` (``key``: what identifies the cell, e.g.
 ``{"estimator": "st", "arch": "linear", "seed": 0}``; ``config``: everything the run needs) and
-hands it to :func:`run_grid` with the name of a cell function ``"package.module:function"``,
+hands it to ``run_grid`` with the name of a cell function ``"package.module:function"``,
 ``fn(config: dict, out_dir: Path) -> dict`` (JSON-able metrics). The function checkpoints into
 ``out_dir`` and resumes from it when called again; the layer does the rest:
 
@@ -23,8 +23,8 @@ hands it to :func:`run_grid` with the name of a cell function ``"package.module:
 Each cell runs with ``max(1, int(cpus_per_cell))`` torch threads under every executor, so the
 same grid gives the same numbers whichever executor runs it.
 
-:func:`aggregate` turns the results into rows of mean, standard error over seeds, n and the
-per-seed values; :func:`format_mean_se`, :func:`write_rows` and :func:`band` print, save and plot
+``aggregate`` turns the results into rows of mean, standard error over seeds, n and the
+per-seed values; ``format_mean_se``, ``write_rows`` and ``band`` print, save and plot
 them.
 """
 
@@ -737,7 +737,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, default_seeds: str = "1
 
 
 def sweep_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :func:`run_grid` from parsed :func:`add_sweep_arguments`."""
+    """The keyword arguments of ``run_grid`` from parsed ``add_sweep_arguments``."""
     if args.jobs < 1:
         raise SweepError(f"--jobs must be >= 1, got {args.jobs}")
     if args.executor == "local" and args.gpus_per_cell:

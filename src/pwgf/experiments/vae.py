@@ -6,12 +6,12 @@ learnable and trained by SGD at 1e-2 in the linear and two-layer models, fixed a
 nonlinear one (LeakyReLU slope 0.1). ``--preset disarm`` (the default for ``mnist`` and
 ``fashion-mnist``) switches to DisARM's settings (Dong et al. 2020): slope 0.3 and learnable prior
 logits in every model. The model and the objective are described in
-:mod:`pwgf.experiments.vae_model`; the data in :mod:`pwgf.experiments.data`.
+``pwgf.experiments.vae_model``; the data in ``pwgf.experiments.data``.
 
 The estimator is taken by name from the registry (``pwgf estimators`` lists them; any that
 supports the Bernoulli family works), one instance per stochastic layer. Estimators with
 learnable parameters (``learnable=True``: REBAR, RELAX) are tuned with their own optimiser on
-``est.variance_loss()`` (see :func:`learnable_hook`).
+``est.variance_loss()`` (see ``learnable_hook``).
 
 Writes, in ``--out DIR``: ``config.json``, ``checkpoint.pt`` (model, optimisers, estimators,
 step, data order, random state, history: a rerun with the same DIR resumes from it),
@@ -325,7 +325,7 @@ def learnable_hook(estimators: list[nn.Module]) -> torch.Tensor | None:
     """HOOK for estimators with ``learnable=True`` (REBAR, RELAX): the loss whose gradient tunes
     their own parameters, to be added to the model's loss before ``backward()``.
 
-    The API is :meth:`pwgf.estimators.rebar.Rebar.variance_loss`: each surrogate computed in
+    The API is ``pwgf.estimators.rebar.Rebar.variance_loss``: each surrogate computed in
     training mode prepares ``V = mean_k ‖ĝ_k‖²`` and ``∇_φ V``; ``variance_loss()`` returns them
     as a scalar whose gradient reaches only the estimator's parameters (the model's gradient is
     unchanged). Their parameters are stepped by a separate Adam (``--estimator-lr``).
@@ -574,7 +574,7 @@ class Trainer:
         self.loss_count = st["loss_count"]
 
     def check_finite(self, valid_neg_elbo: float | None = None) -> None:
-        """Raise :class:`TrainingDivergedError` if the model has diverged: non-finite parameters
+        """Raise ``TrainingDivergedError`` if the model has diverged: non-finite parameters
         or training loss, or a loss above ``DIVERGED_FACTOR`` times the untrained model's
         validation -ELBO. Called before every save, so a diverged state never replaces the
         last good checkpoint (one host sync per save or evaluation, none per step)."""
@@ -952,7 +952,7 @@ def measure_speed(
     seed: int = 0,
     repeats: int = 5,
 ) -> float:
-    """Training steps per second of ``estimator`` (or ``"plain"``, see :class:`PlainRelaxation`)
+    """Training steps per second of ``estimator`` (or ``"plain"``, see ``PlainRelaxation``)
     on ``arch``, with synthetic binary images of MNIST's density (13 % ones): the step the
     training loop makes (sampling, surrogate, backward, Adam, SGD on the prior), no evaluation.
     The steps are timed in ``repeats`` chunks and the fastest chunk's rate is returned."""

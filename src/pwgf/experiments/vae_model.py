@@ -48,7 +48,7 @@ ARCHS = ("linear", "two-layer", "nonlinear")
 
 def bernoulli_log_prob(z: Tensor, logits: Tensor) -> Tensor:
     """``Σ_d log Bernoulli(z_d; σ(ℓ_d))`` over the last dimension, also for relaxed z in [0, 1]
-    (:func:`pwgf.bernoulli_log_prob`, so the cost works under every estimator, relaxed ones
+    (``pwgf.bernoulli_log_prob``, so the cost works under every estimator, relaxed ones
     included)."""
     return pwgf.bernoulli_log_prob(z, logits).sum(-1)
 

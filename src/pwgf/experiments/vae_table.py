@@ -1,7 +1,7 @@
 """``pwgf vae-table``: the Bernoulli-VAE grid, estimators x architectures, at one stated budget.
 
 ``--benchmark table2`` (default): the paper's Table 2 (appendix E), statically binarised MNIST,
-architectures linear / two-layer / nonlinear, ARM's settings (see :mod:`pwgf.experiments.vae`),
+architectures linear / two-layer / nonlinear, ARM's settings (see ``pwgf.experiments.vae``),
 printed beside the paper's numbers. ``--benchmark disarm``: DisARM's set (Dong et al. 2020),
 dynamically binarised MNIST and Fashion-MNIST, linear and nonlinear (LeakyReLU 0.3), prior logits
 learnable, with the importance-weighted bound at each evaluation. No published numbers are kept
@@ -9,7 +9,7 @@ for it here: the comparison is between estimators, side by side, at the same bud
 
 Every estimator runs for the same number of steps (``--steps``; ``--full`` gives ARM's budget,
 1200 epochs of 1000 steps). The grid (data sets x architectures x estimators x ``--seeds``) runs
-through :mod:`pwgf.experiments.sweep`: each cell is one ``pwgf vae`` run (in-process) in
+through ``pwgf.experiments.sweep``: each cell is one ``pwgf vae`` run (in-process) in
 ``DIR/<cell name>/``; a finished cell is kept, an interrupted one resumes from its checkpoint, so
 rerunning the command continues the grid; ``--jobs N`` runs N cells at once in worker processes,
 ``--executor ray`` runs every cell as a Ray task. Tables show mean ± standard error over seeds;
@@ -161,7 +161,7 @@ def base_name(spec: str) -> str:
 
 
 def cell_argv(args: argparse.Namespace, dataset: str, arch: str, est: str, seed: int) -> list[str]:
-    """The ``pwgf vae`` arguments that define the run (where it runs: :func:`train_cell`)."""
+    """The ``pwgf vae`` arguments that define the run (where it runs: ``train_cell``)."""
     bench = BENCHMARKS[args.benchmark]
     argv = [
         "--dataset",
