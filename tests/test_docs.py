@@ -71,6 +71,12 @@ def test_update_rewrites_a_stale_block(tmp_path):
     assert cli.main(["estimators", "--check", str(page)]) == 0
 
 
+def test_check_and_update_name_a_missing_file(tmp_path, capsys):
+    for flag in ("--check", "--update"):
+        assert cli.main(["estimators", flag, str(tmp_path / "missing.md")]) == 2
+        assert f"{flag}: no file" in capsys.readouterr().err
+
+
 def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
     setup = _section(_readme(), "## Set-up")

@@ -420,17 +420,19 @@ class CorruptCheckpointError(pwgf.PWGFError):
 
 
 def load_checkpoint(
-    path: Path, required: Iterable[str] = (), map_location: Any = "cpu"
+    path: Path,
+    required: Iterable[str] = (),
+    map_location: Any = "cpu",
+    restart_flag: str | None = None,
 ) -> dict[str, Any]:
     """The dict saved at ``path`` by ``atomic_save``, with the ``required`` keys.
 
     Raises ``CorruptCheckpointError`` (naming the file and what is wrong) if it cannot be
-    read: a run must never start over silently on top of the finished work it stands for."""
+    read: a run must never start over silently on top of the finished work it stands for.
+    ``restart_flag``: the command's option that discards a checkpoint, named in the message."""
     path = Path(path)
-    hint = (
-        "it is left untouched: move it away to keep it, or pass --restart to discard it and "
-        "start over"
-    )
+    how = f"pass {restart_flag} to discard it" if restart_flag else "delete it"
+    hint = f"it is left untouched: move it away to keep it, or {how} and start over"
     try:
         obj = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:

@@ -180,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"updated {path}")
             else:
                 print(f"{path} is up to date")
+        for path in args.check or []:
+            if not Path(path).is_file():
+                raise PWGFError(f"--check: no file {path}")
         stale = {path: stale_blocks(Path(path)) for path in args.check or []}
         for path, names in stale.items():
             if names:

@@ -237,9 +237,8 @@ def cached_run(
             try:
                 saved = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as exc:
-                raise SystemExit(
-                    f"pwgf polynomial: cannot read the saved run {path} ({exc}); delete it to "
-                    "recompute that run"
+                raise dk.UsageError(
+                    f"cannot read the saved run {path} ({exc}); delete it to recompute that run"
                 ) from None
             if saved.get("config") == config and not saved["result"].get("skipped"):
                 return saved["result"]

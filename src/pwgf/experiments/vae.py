@@ -815,7 +815,7 @@ def _saved_run(args: argparse.Namespace, cfg: dict[str, Any], out: Path) -> dict
                 "from; move them away, use another --out, or --restart to discard them"
             )
         return None
-    saved = dk.load_checkpoint(ckpt_path, CHECKPOINT_KEYS)
+    saved = dk.load_checkpoint(ckpt_path, CHECKPOINT_KEYS, restart_flag="--restart")
     before = {**IDENTITY_DEFAULTS, **saved["config"]}
     diff = {k: (before.get(k), cfg.get(k)) for k in IDENTITY if before.get(k) != cfg.get(k)}
     if diff:
