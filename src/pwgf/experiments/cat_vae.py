@@ -194,22 +194,11 @@ class CategoricalVAE(nn.Module):
 
 
 # -- data ----------------------------------------------------------------------------------------
-_DATA: dict[tuple, tuple[Tensor, Tensor]] = {}
-
-
 def load_mnist(data_dir: str | None, verify: bool, download: bool) -> tuple[Tensor, Tensor]:
     """All 60000 training and 10000 test images, uint8 (N, 784), read through
     ``pwgf.experiments.data`` (checksums checked unless ``verify`` is False)."""
-    key = (data_dir, verify, download)
-    if key not in _DATA:
-        sums = mnist_data.DEFAULT_CHECKSUMS["mnist"] if verify else None
-        out = []
-        for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
-            path = mnist_data.find_file("mnist", name, data_dir, download=download)
-            arr = mnist_data.read_idx(path, sums, expect_ndim=3)
-            out.append(torch.from_numpy(arr.reshape(len(arr), -1).copy()))
-        _DATA[key] = (out[0], out[1])
-    return _DATA[key]
+    train, test, _ = mnist_data.load_idx_images("mnist", data_dir, download, verify)
+    return train, test
 
 
 # -- one cell ------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ Splits (``load_dataset``):
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -465,6 +466,40 @@ def load_binarized_mnist(
     )
 
 
+def _read_images(
+    dataset: str,
+    data_dir: str | Path | None,
+    cache_dir: str | Path | None,
+    download: bool | None,
+    checksums: Mapping[str, str] | None,
+) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, str]]:
+    """The training and test images of an IDX data set as uint8 ``(N, 784)`` arrays, and the
+    files read."""
+    arrays, files = {}, {}
+    for key, name in (("train", "train-images-idx3-ubyte"), ("test", "t10k-images-idx3-ubyte")):
+        path = find_file(dataset, name, data_dir, cache_dir, download)
+        arrays[key] = _images(read_idx(path, checksums, expect_ndim=3))
+        files[key] = str(path)
+    return (arrays["train"], arrays["test"]), files
+
+
+@functools.lru_cache(maxsize=4)
+def load_idx_images(
+    dataset: str,
+    data_dir: str | None = None,
+    download: bool | None = None,
+    verify: bool = True,
+) -> tuple[Tensor, Tensor, dict[str, str]]:
+    """All training and test images of MNIST or Fashion-MNIST, uint8 ``(N, 784)``, not
+    binarised, and the files read (checksums of the decompressed bytes verified unless ``verify``
+    is False). Cached per arguments: the tensors are shared, callers must not modify them."""
+    if dataset not in DEFAULT_CHECKSUMS:
+        raise PWGFError(f"unknown data set {dataset!r}; known: {', '.join(DEFAULT_CHECKSUMS)}")
+    table = DEFAULT_CHECKSUMS[dataset] if verify else None
+    (train, test), files = _read_images(dataset, data_dir, None, download, table)
+    return torch.from_numpy(train.copy()), torch.from_numpy(test.copy()), files
+
+
 def load_idx_dataset(
     dataset: str,
     binarization: str = "dynamic",
@@ -478,12 +513,7 @@ def load_idx_dataset(
     if binarization not in BINARIZATIONS:
         raise PWGFError(f"binarization must be one of {BINARIZATIONS}, got {binarization!r}")
     table = DEFAULT_CHECKSUMS[dataset] if checksums is None else checksums
-    arrays, files = {}, {}
-    for key, name in (("train", "train-images-idx3-ubyte"), ("test", "t10k-images-idx3-ubyte")):
-        path = find_file(dataset, name, data_dir, cache_dir, download)
-        arrays[key] = _images(read_idx(path, table, expect_ndim=3))
-        files[key] = str(path)
-    train, test = arrays["train"], arrays["test"]
+    (train, test), files = _read_images(dataset, data_dir, cache_dir, download, table)
     if not 0 < n_train < len(train):
         raise DataError(
             f"{files['train']}: {len(train)} training images, cannot hold out train[{n_train}:]"

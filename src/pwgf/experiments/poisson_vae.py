@@ -49,7 +49,7 @@ from pwgf import registry
 
 from . import diagkit as dk
 from . import sweep
-from .data import DEFAULT_CHECKSUMS, DataError, find_file, read_idx
+from .data import DataError, load_idx_images
 from .poisson_vae_model import ENCODERS, PoissonVAE, exact_grad_u, hessian_vector_product
 
 DEFAULT_STEPS = 300
@@ -183,25 +183,10 @@ def schedule(step: int, total: int, start: float, stop: float, portion: float) -
 
 
 # -- data ------------------------------------------------------------------------------------------
-_DATA: dict[tuple, tuple[Tensor, Tensor, dict[str, str]]] = {}
-
-
 def load_mnist(data_dir: str | None, verify: bool = True) -> tuple[Tensor, Tensor, dict[str, str]]:
-    """MNIST's 60000 training and 10000 test images as uint8 ``(N, 784)``, through the IDX
-    loaders of ``pwgf.experiments.data`` (checksums verified unless ``verify`` is False)."""
-    key = (data_dir, verify)
-    if key not in _DATA:
-        arrays, files = {}, {}
-        for split, name in (
-            ("train", "train-images-idx3-ubyte"),
-            ("test", "t10k-images-idx3-ubyte"),
-        ):
-            path = find_file("mnist", name, data_dir, None, None)
-            arr = read_idx(path, DEFAULT_CHECKSUMS["mnist"] if verify else {}, expect_ndim=3)
-            arrays[split] = torch.from_numpy(arr.reshape(len(arr), -1).copy())
-            files[split] = str(path)
-        _DATA[key] = (arrays["train"], arrays["test"], files)
-    return _DATA[key]
+    """MNIST's 60000 training and 10000 test images as uint8 ``(N, 784)``, through
+    ``pwgf.experiments.data`` (checksums verified unless ``verify`` is False)."""
+    return load_idx_images("mnist", data_dir, None, verify)
 
 
 # -- one run (a sweep cell) ------------------------------------------------------------------------
