@@ -36,6 +36,16 @@ def draw_gradients(est, f, make, param: torch.Tensor, draws: int, k: int) -> tor
     return torch.stack(out)
 
 
+def seeded_grad(est, f, make, param: torch.Tensor, seed: int, k: int) -> torch.Tensor:
+    """One gradient estimate for ``param`` with torch's generator seeded first, so that two
+    estimators called with the same seed see the same samples."""
+    leaf = param.detach().clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    loss = est.surrogate(f, make(leaf), n_samples=k).sum()
+    (g,) = torch.autograd.grad(loss, leaf)
+    return g
+
+
 def row_draws(est, f, make, param, rows, k):
     """``rows`` independent estimates from one call: ``rows`` copies of the problem form the batch
     of one distribution and f acts row by row (output r depends only on row r). Valid because

@@ -4,25 +4,18 @@ import math
 
 import pytest
 import torch
+from stats import seeded_grad
 from torch.distributions import Bernoulli, Independent, OneHotCategorical, Poisson
 
 import pwgf
 from pwgf.experiments import problems
 
 
-def _grad_with_seed(estimator, f, make, param, seed, k=3):
-    leaf = param.detach().clone().requires_grad_(True)
-    torch.manual_seed(seed)
-    loss = estimator.surrogate(f, make(leaf), n_samples=k).sum()
-    (g,) = torch.autograd.grad(loss, leaf)
-    return g
-
-
 def _ratio_to_st(prob, seed, **options):
     st = pwgf.get_estimator("st")
     mmd = pwgf.get_estimator("pwgf", **options)
-    g_st = _grad_with_seed(st, prob.f, prob.make, prob.param, seed)
-    g_mmd = _grad_with_seed(mmd, prob.f, prob.make, prob.param, seed)
+    g_st = seeded_grad(st, prob.f, prob.make, prob.param, seed, k=3)
+    g_mmd = seeded_grad(mmd, prob.f, prob.make, prob.param, seed, k=3)
     return g_st, g_mmd
 
 

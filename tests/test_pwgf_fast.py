@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from stats import seeded_grad
 from torch.distributions import Bernoulli, Independent, OneHotCategorical, Poisson
 
 import pwgf
@@ -130,14 +131,6 @@ def test_node_tables_are_monotone():
         assert set(t.unique().tolist()) <= set(pk.RULES) | {big}
 
 
-def _grads(est, make, param, f, seed, k=4):
-    leaf = param.detach().clone().requires_grad_(True)
-    torch.manual_seed(seed)
-    loss = est.surrogate(f, make(leaf), n_samples=k).sum()
-    (g,) = torch.autograd.grad(loss, leaf)
-    return g
-
-
 def _cost(z):
     w = torch.linspace(-1.0, 1.0, z[0].numel(), dtype=z.dtype).reshape(z.shape[1:])
     return ((z * w).sum(tuple(range(1, z.ndim))) - 0.3) ** 2 + z.reshape(z.shape[0], -1).sin().sum(
@@ -179,8 +172,8 @@ def test_fast_gradient_equals_exact_sums(family, options):
     fast = pwgf.get_estimator("pwgf", **options)
     ref = pwgf.get_estimator("pwgf", exact_sums=True, **options)
     for seed in range(2):
-        g_fast = _grads(fast, make, param, _cost, seed)
-        g_ref = _grads(ref, make, param, _cost, seed)
+        g_fast = seeded_grad(fast, _cost, make, param, seed, k=4)
+        g_ref = seeded_grad(ref, _cost, make, param, seed, k=4)
         torch.testing.assert_close(g_fast, g_ref, rtol=1e-6, atol=1e-10)
 
 
@@ -192,8 +185,9 @@ def test_bernoulli_and_categorical_are_st_times_a_constant():
         c = math.exp(-1 / (2 * h**2)) if family == "bernoulli" else math.exp(-1 / h**2)
         const = c / (2 * h**2 * (1 - c)) if family == "bernoulli" else c / (h**2 * (1 - c))
         est = pwgf.get_estimator("pwgf", bandwidth=h)
-        g = _grads(est, make, param, _cost, 0)
-        torch.testing.assert_close(g, const * _grads(st, make, param, _cost, 0), rtol=1e-12, atol=0)
+        g = seeded_grad(est, _cost, make, param, 0, k=4)
+        g_st = seeded_grad(st, _cost, make, param, 0, k=4)
+        torch.testing.assert_close(g, const * g_st, rtol=1e-12, atol=0)
 
 
 def test_each_poisson_atom_costs_its_own_window():
