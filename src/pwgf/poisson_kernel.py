@@ -59,7 +59,6 @@ from torch import Tensor
 
 from .truncation import DEFAULT_TAIL, poisson_bounds
 
-GH_NODES = 20
 #: the Gauss-Hermite rules on offer (total nodes; the positive half is evaluated)
 RULES = (4, 6, 8, 12, 16, 20, 24, 32, 48)
 #: upper edges of the bins of τ and s that index ``NODES_A`` / ``NODES_G`` (module doc)
@@ -184,7 +183,7 @@ def _rule_at(tau: float, s: float, metric: bool) -> int:
     return (NODES_G if metric else NODES_A)[j][i]
 
 
-def _small_cost(lam: float | Tensor):
+def _small_cost(lam: float | Tensor) -> float | Tensor:
     """Passes of the small-rate exact sum, from an estimate of its window ``hi(λ) + 2``."""
     return _SMALL_COST * (6 + 4 * lam + 5 * lam**0.5)
 
@@ -249,7 +248,7 @@ def _chunked(fn, n_atoms: int, per_atom: int, *arrays: Tensor, chunk: int = CHUN
     return torch.cat(parts, -1)
 
 
-def _gh_mean_grad(lam: Tensor, h: Tensor, b: Tensor, n: int = GH_NODES) -> Tensor:
+def _gh_mean_grad(lam: Tensor, h: Tensor, b: Tensor, n: int) -> Tensor:
     """A(λ, b) by the shifted-contour rule; lam, h: (N,), b: (K, N), float64."""
     t, w = _rule(n, lam.device)
 
@@ -280,7 +279,7 @@ def _gh_mean_grad(lam: Tensor, h: Tensor, b: Tensor, n: int = GH_NODES) -> Tenso
     return _chunked(block, lam.shape[-1], t.numel() * b.shape[0], lam, h, b)
 
 
-def _gh_metric(lam: Tensor, h: Tensor, n: int = GH_NODES) -> Tensor:
+def _gh_metric(lam: Tensor, h: Tensor, n: int) -> Tensor:
     """G(λ) by the rule with the Gaussian exp(-(h² + 2λ)ω²/2) taken out; lam, h: (N,)."""
     t, w = _rule(n, lam.device)
 
@@ -404,9 +403,10 @@ def _flat(rate: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _dispatch(code: Tensor, extra: Tensor | None = None) -> tuple[list[int], list[float]]:
-    """The classes present in ``code`` (>= -1) with their counts, and ``extra``'s values, in
-    one host read: which atoms take which path, and the sizes of the windows."""
-    counts = torch.bincount(code + 1, minlength=len(RULES) + 2).double()
+    """The classes present in ``code`` (-1: the small-rate window, 0: exact sums, else a node
+    count of ``RULES``) and ``extra``'s values, in one host read: which atoms take which path,
+    and the size of the window."""
+    counts = torch.bincount(code + 1, minlength=max(RULES) + 2).double()
     vals = counts if extra is None else torch.cat([counts, extra.reshape(-1).double()])
     out = vals.tolist()
     n = counts.numel()
