@@ -25,6 +25,7 @@ from .errors import (
 from .estimators.base import Estimator, RelaxedInputError
 from .exact import estimator_expectation, estimator_moments, exact_expectation, exact_gradient
 from .families import Family, as_family
+from .fused import set_fused
 from .likelihoods import bernoulli_log_prob, categorical_log_prob, log_prob, poisson_log_prob
 from .registry import EstimatorInfo, estimators_for, get_estimator, list_estimators, parse_spec
 from .validation import is_validating, set_validation, validation
@@ -101,6 +102,7 @@ __all__ = [
     "parse_spec",
     "poisson_log_prob",
     "sample",
+    "set_fused",
     "set_validation",
     "validation",
 ]

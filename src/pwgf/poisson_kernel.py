@@ -57,6 +57,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from .fused import Kernel, kernel
 from .truncation import DEFAULT_TAIL, poisson_bounds
 
 #: the Gauss-Hermite rules on offer (total nodes; the positive half is evaluated)
@@ -239,58 +240,66 @@ def fast_metric_region(rate: Tensor, h: Tensor) -> Tensor:
 CHUNK = 1 << 14
 
 
-def _chunked(fn, n_atoms: int, per_atom: int, *arrays: Tensor, chunk: int = CHUNK) -> Tensor:
-    """``fn`` over slices of the last (atom) dimension of ``arrays``, concatenated."""
+def _chunked(
+    fn, n_atoms: int, per_atom: int, *arrays: Tensor, shared: tuple = (), chunk: int = CHUNK
+) -> Tensor:
+    """``fn(*shared, *arrays)`` over slices of the last (atom) dimension of ``arrays``,
+    concatenated; in one call where ``fn`` runs fused (no temporaries to keep in cache)."""
     step = max(1, chunk // max(per_atom, 1))
-    if n_atoms <= step:
-        return fn(*arrays)
-    parts = [fn(*(a[..., i : i + step] for a in arrays)) for i in range(0, n_atoms, step)]
+    if n_atoms <= step or (isinstance(fn, Kernel) and fn.runs_fused()):
+        return fn(*shared, *arrays)
+    parts = [fn(*shared, *(a[..., i : i + step] for a in arrays)) for i in range(0, n_atoms, step)]
     return torch.cat(parts, -1)
 
 
 def _gh_mean_grad(lam: Tensor, h: Tensor, b: Tensor, n: int) -> Tensor:
     """A(λ, b) by the shifted-contour rule; lam, h: (N,), b: (K, N), float64."""
     t, w = _rule(n, lam.device)
+    per_atom = t.numel() * b.shape[0]
+    return _chunked(_gh_mean_grad_kernel, lam.shape[-1], per_atom, lam, h, b, shared=(t, w))
 
-    def block(lam: Tensor, h: Tensor, b: Tensor) -> Tensor:
-        # The node axis goes first, (n, K, N), so that every broadcast keeps the atoms contiguous
-        # in the last dimension (a stride-0 last dimension is many times slower on CPU); terms
-        # that depend on the node only, or on the sample only, are formed before broadcasting.
-        p = h * h + lam
-        tau = p.rsqrt()
-        a = lam - b  # (K, N)
-        # ω = i a/P + τ t, so iω = u + i v with u = -a/P, v = τ t; e^{iω} = e^u (cos v + i sin v)
-        u = -a / p  # (K, N)
-        v = t.unsqueeze(-1) * tau  # (n, N)
-        c, s = v.cos().unsqueeze(1), v.sin().unsqueeze(1)  # (n, 1, N)
-        vv = v.unsqueeze(1)
-        eu = u.exp()
-        lam_eu = lam * eu
-        # λ(e^{iω} - 1 - iω - (iω)²/2), the Gaussian part exp(λ(iω) + λ(iω)²/2) being taken out
-        e_re = (lam_eu * c).add_((lam * (v * v) / 2).unsqueeze(1)).sub_(lam * (1 + u + u * u / 2))
-        e_im = (lam_eu * s).sub_((lam * v).unsqueeze(1) * (1 + u))
-        # -iω (e^{iω} - 1) = -(u + iv)(e^u c - 1 + i e^u s)
-        m_re = (vv * s - u * c).mul_(eu).add_(u)
-        m_im = (u * s).add_(vv * c).mul_(eu).neg_().add_(vv)
-        re = e_im.cos().mul_(m_re).sub_(e_im.sin_().mul_(m_im)).mul_(e_re.exp_())
-        total = torch.tensordot(w, re, dims=1)
-        return h * tau * torch.exp(-a * a / (2 * p)) * total
 
-    return _chunked(block, lam.shape[-1], t.numel() * b.shape[0], lam, h, b)
+@kernel
+def _gh_mean_grad_kernel(t: Tensor, w: Tensor, lam: Tensor, h: Tensor, b: Tensor) -> Tensor:
+    """A at the rule's positive nodes t and weights w (n/2,), for lam, h (N,) and b (K, N)."""
+    # The node axis goes first, (n, K, N), so that every broadcast keeps the atoms contiguous in
+    # the last dimension (a stride-0 last dimension is many times slower on CPU); terms that
+    # depend on the node only, or on the sample only, are formed before broadcasting.
+    p = h * h + lam
+    tau = p.rsqrt()
+    a = lam - b  # (K, N)
+    # ω = i a/P + τ t, so iω = u + i v with u = -a/P, v = τ t; e^{iω} = e^u (cos v + i sin v)
+    u = -a / p  # (K, N)
+    v = t.unsqueeze(-1) * tau  # (n, N)
+    c, s = v.cos().unsqueeze(1), v.sin().unsqueeze(1)  # (n, 1, N)
+    vv = v.unsqueeze(1)
+    eu = u.exp()
+    lam_eu = lam * eu
+    # λ(e^{iω} - 1 - iω - (iω)²/2), the Gaussian part exp(λ(iω) + λ(iω)²/2) being taken out
+    e_re = (lam_eu * c).add_((lam * (v * v) / 2).unsqueeze(1)).sub_(lam * (1 + u + u * u / 2))
+    e_im = (lam_eu * s).sub_((lam * v).unsqueeze(1) * (1 + u))
+    # -iω (e^{iω} - 1) = -(u + iv)(e^u c - 1 + i e^u s)
+    m_re = (vv * s - u * c).mul_(eu).add_(u)
+    m_im = (u * s).add_(vv * c).mul_(eu).neg_().add_(vv)
+    re = e_im.cos().mul_(m_re).sub_(e_im.sin_().mul_(m_im)).mul_(e_re.exp_())
+    total = torch.tensordot(w, re, dims=1)
+    return h * tau * torch.exp(-a * a / (2 * p)) * total
 
 
 def _gh_metric(lam: Tensor, h: Tensor, n: int) -> Tensor:
     """G(λ) by the rule with the Gaussian exp(-(h² + 2λ)ω²/2) taken out; lam, h: (N,)."""
     t, w = _rule(n, lam.device)
+    return _chunked(_gh_metric_kernel, lam.shape[-1], t.numel(), lam, h, shared=(t, w))
 
-    def block(lam: Tensor, h: Tensor) -> Tensor:
-        tau = (h * h + 2 * lam).rsqrt()
-        om = t.unsqueeze(-1) * tau  # (n, N)
-        s2 = (om / 2).sin_().square_()
-        r = (om * om).sub_(4 * s2).mul_(lam).exp_().mul_(s2).mul_(4)
-        return 2 * h * tau * torch.tensordot(w, r, dims=1)
 
-    return _chunked(block, lam.shape[-1], t.numel(), lam, h)
+@kernel
+def _gh_metric_kernel(t: Tensor, w: Tensor, lam: Tensor, h: Tensor) -> Tensor:
+    """G at the rule's positive nodes t and weights w (n/2,), for lam, h (N,)."""
+    tau = (h * h + 2 * lam).rsqrt()
+    om = t.unsqueeze(-1) * tau  # (n, N)
+    s2 = (om / 2).sin_().square_()
+    r = (om * om).sub_(4 * s2).mul_(lam).exp_().mul_(s2).mul_(4)
+    return 2 * h * tau * torch.tensordot(w, r, dims=1)
 
 
 # -- exact sums on each atom's own window --------------------------------------------------------
@@ -425,16 +434,45 @@ def small_mean_grad(lam: Tensor, h: Tensor, b: Tensor, width: int) -> Tensor:
     ``p(x)/p(x-1) = λ/x`` from ``p(0) = e^{-λ}`` (λ = 0 gives the point mass at 0). For small
     rates, where the window is a few points; lam, h: (N,), b: (K, N), float64."""
 
-    def block(lam: Tensor, h: Tensor, b: Tensor) -> Tensor:
-        x = torch.arange(width + 1, dtype=lam.dtype, device=lam.device).view(-1, 1, 1)
-        ratio = lam / x[1:width, 0]  # (w - 1, N)
-        pmf = torch.cat([torch.ones_like(lam).unsqueeze(0), ratio.cumprod_(0)]).mul_((-lam).exp())
-        inv_h2 = 1 / (h * h)
-        d = x - b  # (w + 1, K, N)
-        g = (d * d).mul_(-0.5 * inv_h2).exp_().mul_(d).mul_(inv_h2)
-        return ((g[1:] - g[:-1]) * pmf.unsqueeze(1)).sum(0)
+    x = torch.arange(width + 1, dtype=lam.dtype, device=lam.device)
+    per_atom = (width + 1) * b.shape[0]
+    return _chunked(_small_mean_grad_kernel, lam.numel(), per_atom, lam, h, b, shared=(x,))
 
-    return _chunked(block, lam.numel(), (width + 1) * b.shape[0], lam, h, b)
+
+def _small_mean_grad_eager(x: Tensor, lam: Tensor, h: Tensor, b: Tensor) -> Tensor:
+    """``small_mean_grad`` on the window's points x = 0..w (w + 1,), for eager runs: the pmf by
+    its ratio, as a cumulative product (fewer passes than from its log, eagerly)."""
+    ratio = lam / x[1:-1].unsqueeze(-1)  # (w - 1, N)
+    pmf = torch.cat([torch.ones_like(lam).unsqueeze(0), ratio.cumprod_(0)]).mul_((-lam).exp())
+    return _sum_by_parts(x, pmf, h, b)
+
+
+@kernel(eager=_small_mean_grad_eager)
+def _small_mean_grad_kernel(x: Tensor, lam: Tensor, h: Tensor, b: Tensor) -> Tensor:
+    """``small_mean_grad`` on the window's points x = 0..w (w + 1,), fused, as the equal sum
+    ``Σ_{x<=w} ∂_λp(x) ∂_bκ(x, b)`` with ``∂_λp(x) = (x - λ) λ^(x-1) e^{-λ} / x!`` from its log
+    at each point: one pass, no temporary of the window (the cumulative product and the
+    differences of the eager form each need one)."""
+    # the points counted, not loaded: a reduction over values loaded from a short vector makes
+    # inductor vectorise along that vector instead of along the atoms
+    x = torch.arange(x.shape[0], dtype=lam.dtype, device=lam.device)
+    xs = x.unsqueeze(-1)  # (w + 1, 1)
+    pos = lam > 0
+    log_lam = torch.where(pos, lam, torch.ones_like(lam)).log()
+    dp = (xs - lam) * ((xs - 1) * log_lam - lam - torch.lgamma(xs + 1)).exp()
+    dp = torch.where(pos, dp, (xs == 1).to(lam) - (xs == 0).to(lam))  # λ = 0: the point mass
+    inv_h2 = 1 / (h * h)
+    d = x.view(-1, 1, 1) - b  # (w + 1, K, N)
+    g = (d * d * (-0.5 * inv_h2)).exp() * d * inv_h2
+    return (g * dp.unsqueeze(1)).sum(0)
+
+
+def _sum_by_parts(x: Tensor, pmf: Tensor, h: Tensor, b: Tensor) -> Tensor:
+    """``Σ_{x<w} p(x) (∂_bκ(x+1, b) - ∂_bκ(x, b))``: pmf (w, N), b (K, N)."""
+    inv_h2 = 1 / (h * h)
+    d = x.view(-1, 1, 1) - b  # (w + 1, K, N)
+    g = (d * d).mul_(-0.5 * inv_h2).exp_().mul_(d).mul_(inv_h2)
+    return ((g[1:] - g[:-1]) * pmf.unsqueeze(1)).sum(0)
 
 
 def rbf_mean_grad(rate: Tensor, h: Tensor, b: Tensor, tail: float = DEFAULT_TAIL) -> Tensor:

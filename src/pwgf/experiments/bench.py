@@ -161,6 +161,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="interpreter with pyro-ppl installed, for TraceGraph_ELBO (default: this one)",
     )
     parser.add_argument("--no-pyro", action="store_true", help="skip the pyro comparison")
+    parser.add_argument(
+        "--fused",
+        action="store_true",
+        help="run pwgf's Poisson sums as compiled kernels (pwgf.fused; compiles on first use)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write DIR/results.json, .csv")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
@@ -809,6 +814,7 @@ def _settings(args: argparse.Namespace, sizes: dict[str, list[Size]]) -> dict[st
         "threads": torch.get_num_threads(),
         "seed": args.seed,
         "dtype": "float32",
+        "fused": bool(getattr(args, "fused", False)),
     }
 
 
@@ -868,6 +874,8 @@ def run(args: argparse.Namespace) -> int:
         raise dk.UsageError("--cell-seconds and --max-memory-gb must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.fused:
+        pwgf.fused.set_fused(True)
     torch.manual_seed(args.seed)
     families = [f for f in dk.split_names(args.families) or [] if f]
     for f in families:
@@ -883,7 +891,8 @@ def run(args: argparse.Namespace) -> int:
         f"pwgf bench: each estimator's forward+backward against a plain forward+backward of the "
         f"same model (floor: same shape and K), interleaved, {args.rounds} rounds after one "
         f"warm-up; device {device} ({where}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, float32. Caps: {args.cell_seconds:g} s a cell, "
+        f"{torch.get_num_threads()} threads, float32"
+        f"{', fused kernels' if args.fused else ''}. Caps: {args.cell_seconds:g} s a cell, "
         f"{args.max_memory_gb:g} GB a call (predicted from 1/8 of the batch)."
     )
     todo = [(f, s, n) for f in families for s in sizes[f] for n in names[f]]
