@@ -4,11 +4,11 @@ fallback.
 pWGF's Poisson sums (``pwgf.poisson_kernel``) are a few dozen elementwise float64 operations per
 quadrature node or window point. Eagerly, each is a pass over memory, and torch's float64 cos
 and sin are scalar; compiled by inductor they become a loop or two with vectorised
-transcendentals, 2-3.5 times faster on CPU (``docs/benchmarks/performance.md``). Off by
+transcendentals and no temporaries (``pwgf bench --fused`` measures the difference). Off by
 default: ``set_fused(True)``, the ``fused_mode`` context manager, or ``PWGF_FUSED=1`` in the
 environment (read at import) turn it on, on every device.
 
-The first call of each kernel compiles it: about 15 s on a 2-core machine, about 2 s once
+The first call of each kernel compiles it: tens of seconds on a small machine, a few once
 inductor's on-disk cache holds it (``TORCHINDUCTOR_CACHE_DIR``). Shapes are dynamic, so new
 sizes do not recompile. It needs what inductor needs: a C++ compiler on CPU, Triton on CUDA. A
 kernel that fails to compile warns once (``FusedKernelWarning``, with the reason) and runs
