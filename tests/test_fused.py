@@ -1,8 +1,8 @@
 """pwgf.fused: the compiled Poisson kernels agree with the eager ones and with exact sums; a
 kernel that cannot compile warns and runs eagerly; the switch checks its input.
 
-The compiled run happens in a subprocess: it takes inductor's compile time once (about 45 s cold
-on two cores for the three kernels), and a process that has run inductor traces some of
+The compiled run happens in a subprocess: it takes inductor's compile time once (15-25 s cold on
+two cores for the three kernels), and a process that has run inductor traces some of
 torch.distributions differently under a later ``torch.compile(fullgraph=True)``, which would
 make other tests' results depend on their order.
 """
@@ -106,7 +106,20 @@ def test_off_by_default_and_switch_checks_its_input(monkeypatch):
     with pytest.raises(TypeError, match="True or False"):
         pwgf.set_fused("yes")
     monkeypatch.setenv("PWGF_FUSED", "maybe")
-    with pytest.raises(ValueError, match="PWGF_FUSED must be 1 or 0"):
+    with pytest.raises(pwgf.PWGFError, match="PWGF_FUSED must be 1 or 0"):
         fused._from_env()
     monkeypatch.setenv("PWGF_FUSED", "1")
     assert fused._from_env() is True
+
+
+def test_a_bad_environment_variable_is_a_one_line_command_error(monkeypatch, capsys):
+    from pwgf.cli import main
+
+    monkeypatch.setenv("PWGF_FUSED", "maybe")
+    monkeypatch.setattr(fused, "_MODE", None)  # as in a fresh process: the variable not read yet
+    argv = ["bench", "--families", "poisson", "--estimators", "pwgf", "--poisson-sizes", "2x2x1@1"]
+    assert main([*argv, "--no-storchastic", "--no-pyro", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "pwgf bench: error: the environment variable PWGF_FUSED must be 1 or 0, got 'maybe'"
+    ]

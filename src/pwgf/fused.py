@@ -6,7 +6,7 @@ quadrature node or window point. Eagerly, each is a pass over memory, and torch'
 and sin are scalar; compiled by inductor they become a loop or two with vectorised
 transcendentals and no temporaries (``pwgf bench --fused`` measures the difference). Off by
 default: ``set_fused(True)``, the ``fused_mode`` context manager, or ``PWGF_FUSED=1`` in the
-environment (read at import) turn it on, on every device.
+environment (read at the first call that asks) turn it on, on every device.
 
 The first call of each kernel compiles it: tens of seconds on a small machine, a few once
 inductor's on-disk cache holds it (``TORCHINDUCTOR_CACHE_DIR``). Shapes are dynamic, so new
@@ -26,6 +26,8 @@ from typing import TypeVar
 
 import torch
 
+from .errors import PWGFError
+
 __all__ = ["FusedKernelWarning", "Kernel", "fused_mode", "is_fused", "kernel", "set_fused"]
 
 F = TypeVar("F", bound=Callable[..., torch.Tensor])
@@ -36,15 +38,16 @@ class FusedKernelWarning(RuntimeWarning):
 
 
 def _from_env() -> bool:
-    text = os.environ.get("PWGF_FUSED", "0").strip().lower()
+    text = os.environ.get("PWGF_FUSED", "").strip().lower() or "0"
     table = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}
-    table[""] = False
     if text not in table:
-        raise ValueError(f"PWGF_FUSED must be 1 or 0, got {text!r}")
+        raise PWGFError(f"the environment variable PWGF_FUSED must be 1 or 0, got {text!r}")
     return table[text]
 
 
-_MODE: bool = _from_env()
+#: None until first asked: the environment is read then, so that a bad PWGF_FUSED is reported
+#: by the call that needs it (a command's one-line error), not as a traceback at import
+_MODE: bool | None = None
 
 
 def set_fused(enabled: bool) -> None:
@@ -56,14 +59,17 @@ def set_fused(enabled: bool) -> None:
 
 
 def is_fused() -> bool:
-    """Whether fused kernels are on."""
+    """Whether fused kernels are on: as last set, else as ``PWGF_FUSED`` says (default off)."""
+    global _MODE
+    if _MODE is None:
+        _MODE = _from_env()
     return _MODE
 
 
 @contextmanager
 def fused_mode(enabled: bool) -> Iterator[None]:
     """``with pwgf.fused.fused_mode(True): ...`` turns fused kernels on (or off) in the block."""
-    old = _MODE
+    old = is_fused()
     set_fused(enabled)
     try:
         yield
@@ -87,7 +93,7 @@ class Kernel:
 
     def runs_fused(self) -> bool:
         """Whether a call now runs the compiled kernel."""
-        return _MODE and self.failed is None and not torch.compiler.is_compiling()
+        return self.failed is None and is_fused() and not torch.compiler.is_compiling()
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         if not self.runs_fused():

@@ -453,8 +453,8 @@ def _small_mean_grad_eager(x: Tensor, lam: Tensor, h: Tensor, b: Tensor) -> Tens
 def _small_mean_grad_kernel(x: Tensor, lam: Tensor, h: Tensor, b: Tensor) -> Tensor:
     """``small_mean_grad`` on the window's points x = 0..w (w + 1,), fused, as the equal sum
     ``Σ_{x<=w} ∂_λp(x) ∂_bκ(x, b)`` with ``∂_λp(x) = (x - λ) λ^(x-1) e^{-λ} / x!`` from its log
-    at each point: one pass, no temporary of the window (the cumulative product and the
-    differences of the eager form each need one)."""
+    at each point: no cumulative product, which compiled stays a library call writing a
+    temporary of the whole window on every call."""
     # the points counted, not loaded: a reduction over values loaded from a short vector makes
     # inductor vectorise along that vector instead of along the atoms
     x = torch.arange(x.shape[0], dtype=lam.dtype, device=lam.device)

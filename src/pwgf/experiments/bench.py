@@ -814,7 +814,7 @@ def _settings(args: argparse.Namespace, sizes: dict[str, list[Size]]) -> dict[st
         "threads": torch.get_num_threads(),
         "seed": args.seed,
         "dtype": "float32",
-        "fused": bool(getattr(args, "fused", False)),
+        "fused": args.fused,
     }
 
 
