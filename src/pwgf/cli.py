@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     bad input (message on stderr), 130 when interrupted."""
     from .errors import PWGFError
     from .experiments import diagkit as dk
+    from .fused import is_fused
 
     argv = sys.argv[1:] if argv is None else list(argv)
     # ``pwgf`` itself takes no option with a value: the first word is the command, and without
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module = importlib.import_module(f"pwgf.experiments.{args._module}")
     try:
+        is_fused()  # the environment's switch, read before any work so that a bad value stops it
         return int(dk.with_threads(args.threads, lambda: module.run(args) or 0))
     except KeyboardInterrupt:
         print("\ninterrupted; finished work is saved where the command writes it", file=sys.stderr)

@@ -1,4 +1,6 @@
-"""RBF kernel sums over the Poisson support for pWGF-MMD, at a cost independent of the rate.
+"""RBF kernel sums over the Poisson support for pWGF-MMD, at a cost independent of the rate:
+the general path, for any bandwidth per atom. The estimator takes its rule's tables
+(``pwgf.poisson_table``, built from these exact sums), and comes here for what they do not hold.
 
 pWGF-MMD on ``Poisson(λ)`` with ``κ(a, b) = exp(-(a-b)²/(2h²))`` needs, per atom,
 

@@ -26,10 +26,11 @@ How it is computed with ``step=None``. On Bernoulli and categorical (any kernel)
 linear kernel on every family, ``∇_μ E[∂_b κ(x, b)]|_{b=z_k}`` is the same constant ``a`` for
 every sample (Bernoulli: ``∂_bκ(1, b) - ∂_bκ(0, b) = c₀/h²``; categorical: ``c/h²`` on the
 simplex's tangent space), so pWGF is ``2 s a`` times ST, ``z + 2sa (μ - stopgrad μ)``: ST's cost
-and memory (ESTIMATORS.md oracles 1-3). On Poisson with the RBF kernel the per-sample term and G
-come from ``pwgf.poisson_kernel`` (a Gauss-Hermite rule of 4-48 nodes chosen per atom from a
-table, or exact sums on a small window where that is cheaper or no rule is accurate), at a cost
-independent of the rate.
+and memory (ESTIMATORS.md oracles 1-3). On Poisson with the RBF kernel the per-sample weight
+``2sA(λ, z_k)`` comes from the bandwidth rule's ``pwgf.poisson_table`` (Chebyshev interpolants
+built once from exact sums: a polynomial of degree 5 per sample in the rate, or a 2-D one for
+rates >= 32), at a cost independent of the rate; what no table holds takes the general path of
+``pwgf.poisson_kernel`` (Gauss-Hermite rules or exact sums, chosen per atom).
 ``exact_sums=True`` computes everything as plain sums over the truncated support common to all
 atoms (the original implementation, kept as the reference; O(M²) per atom on Poisson).
 
@@ -48,7 +49,7 @@ import math
 import torch
 from torch import Tensor
 
-from .. import poisson_kernel
+from .. import poisson_kernel, poisson_table
 from ..errors import PWGFError
 from ..families import Family
 from ..kernels import KERNELS
@@ -124,6 +125,11 @@ class PWGFKernel(PathwiseEstimator):
         self.exact_sums = exact_sums
         self.pathwise = step is None
 
+    def _rule(self) -> poisson_table.Bandwidth:
+        if self._h is not None:
+            return poisson_table.Bandwidth(const=self._h)
+        return poisson_table.Bandwidth(mult=self._mult, floor=self.min_bandwidth)
+
     def h(self, fam: Family) -> Tensor:
         """Bandwidth per atom, shape ``atom_shape``, detached."""
         if self._h is not None:
@@ -176,18 +182,21 @@ class PWGFKernel(PathwiseEstimator):
             const = self._scalar_constant(fam)
             if const is not None:
                 return z + const * (mu - mu.detach())
-        h = self.h(fam)
+        if fam.name == "poisson" and self.kernel.name == "rbf":
+            # the gradient of the shift for g_k is g_k · 2s A(λ, z_k); A and G from the rule's
+            # table
+            table = poisson_table.table(self._rule(), self.tail, mu.device)
+            if self.normalization == "raw":
+                w = self.kernel.raw_scale(self.h(fam)) * table.mean_grad(mu, z)
+            else:
+                w = 2 * table.ratio(mu, z)
+            return z + w * (mu - mu.detach())
         if fam.name != "poisson" or self.kernel.name == "linear":
-            c = self.st_constant(fam, h).expand(fam.atom_shape)
+            c = self.st_constant(fam, self.h(fam)).expand(fam.atom_shape)
             if fam.name == "categorical":
                 c = c.unsqueeze(-1)
             return z + c * (mu - mu.detach())
-        if self.kernel.name != "rbf":
-            return self._attach_sums(fam, z)
-        # Poisson, RBF: the gradient of the shift for g_k is g_k · 2s A(λ, z_k)
-        a = poisson_kernel.rbf_mean_grad(mu, h, z, self.tail)
-        s = self.scale(fam, h).detach()
-        return z + 2 * s * a * (mu - mu.detach())
+        return self._attach_sums(fam, z)
 
     def _attach_sums(self, fam: Family, z: Tensor) -> Tensor:
         values, probs = fam.grid(self.tail)  # (*A, M, V), (*A, M)
