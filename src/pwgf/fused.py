@@ -3,9 +3,10 @@ fallback.
 
 The general path of pWGF's Poisson sums (``pwgf.poisson_kernel``: any bandwidth per atom, and
 what the estimator's tables in ``pwgf.poisson_table`` do not hold) is a few dozen elementwise
-float64 operations per quadrature node or window point. Eagerly, each is a pass over memory, and torch's float64 cos
-and sin are scalar; compiled by inductor they become a loop or two with vectorised
-transcendentals and no temporaries (``pwgf bench --fused`` measures the difference). Off by
+float64 operations per quadrature node or window point. Eagerly, each is a pass over memory,
+and torch's float64 cos and sin are scalar; compiled by inductor they become a loop or two with
+vectorised transcendentals and no temporaries (``pwgf bench --fused`` measures the
+difference on that path). Off by
 default: ``set_fused(True)``, the ``fused_mode`` context manager, or ``PWGF_FUSED=1`` in the
 environment (read at the first call that asks) turn it on, on every device.
 

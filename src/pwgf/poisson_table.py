@@ -519,6 +519,9 @@ class PoissonTable:
         a = poisson_kernel.rbf_mean_grad(lam, h, b, self.tail)
         return a if kind == "a" else a / poisson_kernel.rbf_metric(lam, h, self.tail)
 
+    # Eager even inside a caller's torch.compile: the path is chosen by host reads, which would
+    # be graph breaks with a warning each; a disabled call is one silent break.
+    @torch.compiler.disable
     def _term(self, rate: Tensor, b: Tensor | None, kind: str) -> Tensor:
         lam = rate.detach().double().reshape(-1)
         bb = None if b is None else b.detach().double().reshape(b.shape[0], -1)
@@ -554,6 +557,7 @@ def _cached(rule: Bandwidth, tail: float, device: str) -> PoissonTable:
     return PoissonTable(rule, tail, device)
 
 
+@torch.compiler.disable  # built eagerly (numpy, once) even when the caller is compiled
 def table(rule: Bandwidth, tail: float = DEFAULT_TAIL, device=None) -> PoissonTable:
     """The ``PoissonTable`` of ``rule`` on ``device``, built on first use and cached."""
     return _cached(rule, float(tail), str(torch.device("cpu" if device is None else device)))
