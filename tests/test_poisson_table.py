@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 
+import pwgf
 from pwgf import poisson_kernel as pk
 from pwgf import poisson_table as pt
 
@@ -147,3 +148,11 @@ def test_tables_are_cached_per_rule_tail_and_device():
     rule = pt.Bandwidth(mult=2.0, floor=1.0)
     assert pt.table(rule) is pt.table(rule, device="cpu")
     assert pt.table(rule) is not pt.table(pt.Bandwidth(mult=2.0, floor=1.0), tail=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"mult": 2.0, "const": 1.0}, {"mult": -1.0}, {"const": float("nan")}]
+)
+def test_a_bad_rule_is_refused(kwargs):
+    with pytest.raises(pwgf.PWGFError, match="Bandwidth"):
+        pt.Bandwidth(**kwargs)

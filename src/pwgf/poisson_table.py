@@ -55,6 +55,7 @@ from numpy.polynomial import chebyshev
 from torch import Tensor
 
 from . import poisson_kernel
+from .errors import PWGFError
 from .truncation import DEFAULT_TAIL, poisson_bounds
 
 #: the stated relative accuracy (the module doc), and the one each interpolant is checked to at
@@ -91,6 +92,14 @@ class Bandwidth:
     mult: float | None = None
     floor: float = 1.0
     const: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mult is None) == (self.const is None):
+            raise PWGFError(f"Bandwidth: give mult (and floor) or const, one of the two: {self}")
+        for name in ("mult", "floor", "const"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise PWGFError(f"Bandwidth: {name} must be positive and finite, got {v}")
 
     def __call__(self, lam: Tensor) -> Tensor:
         if self.const is not None:

@@ -164,7 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fused",
         action="store_true",
-        help="run pwgf's Poisson sums as compiled kernels (pwgf.fused; compiles on first use)",
+        help="compile the general path of pwgf's Poisson sums (pwgf.fused; compiles on first use)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write DIR/results.json, .csv")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
