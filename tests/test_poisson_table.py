@@ -75,9 +75,19 @@ def test_far_table_matches_window_sums_out_to_1e8(tables, lam):
     _check(tab, lam, a_ref, g_ref, b)
 
 
+@pytest.mark.parametrize("name", ["h=1.5", "std*0.5"])
+@pytest.mark.parametrize("lam", [3e4, 1e6, 1e8])
+def test_far_metric_without_a_far_table_matches_window_sums(tables, name, lam):
+    tab = tables[name]
+    rate = torch.tensor([lam], dtype=torch.float64)
+    g_ref = pt.exact_metric_at(lam, float(tab.rule(rate)), 1e-16)
+    assert abs(float(tab.metric(rate)) - g_ref) <= TOL * g_ref
+
+
 def test_every_rule_has_its_regions(tables):
     # the rules wide enough for the far table have one; all cells pass their checks
     assert {n for n, t in tables.items() if t.far is not None} == {"std*2", "std", "std*3, floor 2"}
+    assert all(t.far_metric is not None for t in tables.values())  # G needs no range of b
     for tab in tables.values():
         assert (tab.cells.b_lo <= tab.cells.b_hi).all()
         assert tab.cells.coef_a.shape[1] == pt.CELL_DEGREES[0]
@@ -124,8 +134,9 @@ def test_what_fails_its_checks_takes_the_general_path(monkeypatch):
     # no degree on offer: every cell and the far table are left out
     monkeypatch.setattr(pt, "CELL_DEGREES", (2,))
     monkeypatch.setattr(pt, "FAR_DEGREES", ((2, 2),))
+    monkeypatch.setattr(pt, "FAR_METRIC_DEGREES", (1,))
     tab = pt.PoissonTable(pt.Bandwidth(mult=2.0, floor=1.0))
-    assert tab.far is None and (tab.cells.b_lo > tab.cells.b_hi).all()
+    assert tab.far is None and tab.far_metric is None and (tab.cells.b_lo > tab.cells.b_hi).all()
     lam = torch.tensor([0.3, 3.0, 300.0], dtype=torch.float64)
     b = torch.poisson(lam.expand(2, -1), generator=torch.Generator().manual_seed(1))
     h = tab.rule(lam)

@@ -22,16 +22,19 @@ integer sample b, both smooth in λ. A ``PoissonTable`` holds A, G and the estim
   are of relative size exp(-2π²h²)). As in an Edgeworth series, R's term in ε^k has the parity
   of k in t and S is even in ε, so ``R = E(ε², t²) + εt O(ε², t²)``: E, O (and R/S alike) as
   interpolants at (J, L) = (4, 8) Chebyshev nodes in ε² on [0, 1/λ_top] and in t² on [0, T²],
-  ``T = 8(1 + λ_top^(-1/2))/√(1 + c²)`` (the cells' range of b), and S at 4 nodes in ε².
+  ``T = 8(1 + λ_top^(-1/2))/√(1 + c²)`` (the cells' range of b).
+* **far metric**, ``λ >= λ_top``, for every rule: ``G = (h/σ_G³) S`` with ``σ_G² = 2λ + h²``
+  and S smooth in ε² (4 nodes for pWGF's rules). It needs no range of b, so a fixed bandwidth,
+  or ``c < 1``, whose A above ``λ_top`` takes the general path, still takes G from here.
 
 The interpolants are kept in the power basis and evaluated by Horner's rule on vectors of
 atoms, so no temporary is larger than a few numbers per atom. Each is checked when it is built
 against the exact sums at points between its nodes and at its ends (for the far table also at
 λ = 1e6 and 1e8), to ``CHECK`` = 2.5e-8 relative to the atom's scale (max over b of |A|, and
-G), at the lowest degree of ``CELL_DEGREES`` / ``FAR_DEGREES`` that passes; a cell or far table
-that fails at every degree is left out. Its atoms, samples outside a table's range of b
-(probability below 1e-13 per draw), and rates at or above ``λ_top`` without a far table take
-the general path of ``pwgf.poisson_kernel``. ``tests/test_poisson_table.py`` checks every
+G), at the lowest degree of ``CELL_DEGREES`` / ``FAR_DEGREES`` / ``FAR_METRIC_DEGREES`` that
+passes; a table that fails at every degree is left out. Its atoms, samples outside a table's
+range of b (probability below 1e-13 per draw), and rates at or above ``λ_top`` without a far
+table take the general path of ``pwgf.poisson_kernel``. ``tests/test_poisson_table.py`` checks every
 region against exact sums to 2e-7 (the stated accuracy is ``TOL`` = 5e-8).
 
 Exact sums are over each rate's Poisson window with tail mass ``tail`` left out (the
@@ -65,6 +68,7 @@ CHECK = TOL / 2
 #: degrees (nodes) tried, lowest first: per cell in λ; far table in (ε, t)
 CELL_DEGREES = (6, 8, 10)
 FAR_DEGREES = ((4, 8), (6, 12), (8, 16))
+FAR_METRIC_DEGREES = (4, 6, 8, 12)
 #: the far table starts at the first cell edge at or above this (or above the rule's kink)
 FAR_RATE = 32.0
 #: cells are uniform in u(λ) = ln λ + 2√λ, this far apart: ratio e^0.2 at small rates, a tenth
@@ -317,7 +321,6 @@ class _Far:
     mult: float
     t_max: float
     coef: dict[str, np.ndarray]  # "a": R, "r": R/S; (2L, J): E's then O's power coefficients
-    coef_g: np.ndarray  # (J,) of S, in x_u
 
 
 def _far_values(
@@ -370,14 +373,32 @@ def _build_far(rule: Bandwidth, start: float, tail: float) -> _Far | None:
         e, o = (r_plus + r_minus) / 2, (r_plus - r_minus) / (2 * np.sqrt(u)[:, None] * t)
         coef_a, fit_a = fit(e, o)
         coef_r, fit_r = fit(e / s[:, None], o / s[:, None])
-        coef_g = _power_coefficients(s, 0)
-        if (
-            _close(fit_a, r_chk, gauss)  # A/(h/σ³), weighted by the Gaussian: A's own scale
-            and _close(fit_r, r_chk / s_chk[:, None], gauss)
-            and _close(_horner(coef_g, xu_chk)[:, None], s_chk[:, None])
-        ):
-            coef = {"a": coef_a, "r": coef_r}
-            return _Far(start=start, mult=c, t_max=t_max, coef=coef, coef_g=coef_g)
+        if _close(fit_a, r_chk, gauss) and _close(fit_r, r_chk / s_chk[:, None], gauss):
+            # (A/(h/σ³) and its ratio to S, each weighted by the Gaussian: A's own scale)
+            return _Far(start=start, mult=c, t_max=t_max, coef={"a": coef_a, "r": coef_r})
+    return None
+
+
+def _build_far_metric(rule: Bandwidth, start: float, tail: float) -> np.ndarray | None:
+    """Power coefficients in ``x_u = 2ε²λ_top - 1`` of ``S = G σ_G³/h``, ``σ_G² = 2λ + h²``,
+    for every rule (G needs no range of b: a fixed bandwidth has this table, not the 2-D one)."""
+
+    def values(u: np.ndarray) -> np.ndarray:
+        lam = 1 / u
+        h = rule(torch.from_numpy(lam)).numpy()
+        pairs = zip(lam.tolist(), h.tolist(), strict=True)
+        g = np.array([exact_metric_at(v, w, tail) for v, w in pairs])
+        return g * (2 * lam + h * h) ** 1.5 / h
+
+    u_max = 1 / start
+    u_chk = np.concatenate(
+        [(_checkpoints(FAR_METRIC_DEGREES[-1] + 1)[:-1] + 1) / 2 * u_max, [1e-6, 1e-8]]
+    )
+    s_chk = values(u_chk)
+    for n in FAR_METRIC_DEGREES:
+        coef = _power_coefficients(values((_nodes(n) + 1) / 2 * u_max), 0)
+        if _close(_horner(coef, u_chk / u_max * 2 - 1)[:, None], s_chk[:, None]):
+            return coef
     return None
 
 
@@ -398,6 +419,7 @@ class PoissonTable:
         else:
             top = float(_edges(kink or 1.0, max(CONST_TOP, kink or 0.0))[0][-1])
         self.cells = _build_cells(rule, top, tail)
+        self.far_metric = _build_far_metric(rule, top, tail)
         self.top = top
 
         def f64(a):
@@ -430,12 +452,11 @@ class PoissonTable:
         if self.far is not None:
             far = self.far
             self._far = {k: f64(v) for k, v in far.coef.items()}  # (2L, J)
-            self._far_g = f64(far.coef_g)
             c2 = far.mult**2
             # A = (h/σ³) e^(-t²/2) R = ε² c (1 + c²)^(-3/2) e^(-t²/2) R;
             # A/G = (σ_G/σ)³ e^(-t²/2) R/S
             self._far_pref = {"a": far.mult * (1 + c2) ** -1.5, "r": ((2 + c2) / (1 + c2)) ** 1.5}
-            self._far_pref_g = far.mult * (2 + c2) ** -1.5
+        self._far_metric = None if self.far_metric is None else f64(self.far_metric)
 
     # -- the cells -------------------------------------------------------------------------------
     def _cell_index(self, lam: Tensor) -> Tensor:
@@ -465,22 +486,24 @@ class PoissonTable:
         return p, ok
 
     # -- the far table ---------------------------------------------------------------------------
-    def _far_powers(self, lam: Tensor) -> tuple[Tensor, Tensor]:
-        """ε² = 1/λ and the powers of its coordinate x_u on [-1, 1], (J, n)."""
-        u = lam.clamp(min=self.far.start).reciprocal()
-        pu = torch.empty((self._far_g.numel(), *u.shape), dtype=u.dtype, device=u.device)
+    def _far_powers(self, lam: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """ε² = 1/λ and the first n powers of its coordinate x_u on [-1, 1], (n, atoms)."""
+        u = lam.clamp(min=self.top).reciprocal()
+        pu = torch.empty((n, *u.shape), dtype=u.dtype, device=u.device)
         pu[0] = 1
-        torch.mul(u, 2 * self.far.start, out=pu[1]).sub_(1)
-        for j in range(2, pu.shape[0]):
+        torch.mul(u, 2 * self.top, out=pu[1]).sub_(1)
+        for j in range(2, n):
             torch.mul(pu[j - 1], pu[1], out=pu[j])
         return u, pu
 
     def _far_term(self, lam: Tensor, b: Tensor | None, kind: str) -> tuple[Tensor, Tensor]:
-        far = self.far
-        u, pu = self._far_powers(lam)
-        if kind == "g":
-            g = (self._far_g @ pu).mul_(u * self._far_pref_g)
+        if kind == "g":  # G = (h/σ_G³) S
+            u, pu = self._far_powers(lam, self._far_metric.numel())
+            h = self.rule(lam.clamp(min=self.top))
+            g = (self._far_metric @ pu).mul_(h).mul_((2 * lam + h * h).pow_(-1.5))
             return g, torch.ones_like(g, dtype=torch.bool)
+        far = self.far
+        u, pu = self._far_powers(lam, self._far[kind].shape[1])
         m = self._far[kind] @ pu  # (2L, n): E's and O's coefficients in x_v at each atom's ε
         eps = u.sqrt()
         t = (b - lam).mul_(eps * (1 + far.mult**2) ** -0.5)
@@ -500,7 +523,8 @@ class PoissonTable:
         """``kind`` over blocks of atoms, each by its region's path (both, and a choice, in a
         block with atoms in both)."""
         n = lam.numel()
-        far = None if self.far is None else lam >= self.top
+        has_far = self._far_metric is not None if kind == "g" else self.far is not None
+        far = lam >= self.top if has_far else None
         n_far = 0 if far is None else int(far.sum())  # host read: which path
         step = BLOCK if lam.device.type == "cpu" else max(n, 1)
         parts = []
@@ -526,7 +550,7 @@ class PoissonTable:
         if kind == "g":
             return poisson_kernel.rbf_metric(lam, h, self.tail)
         a = poisson_kernel.rbf_mean_grad(lam, h, b, self.tail)
-        return a if kind == "a" else a / poisson_kernel.rbf_metric(lam, h, self.tail)
+        return a if kind == "a" else a / self._term(lam, None, "g")  # G from a table if held
 
     # Eager even inside a caller's torch.compile: the path is chosen by host reads, which would
     # be graph breaks with a warning each; a disabled call is one silent break.
