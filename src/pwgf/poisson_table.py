@@ -317,7 +317,6 @@ def _close(fit: np.ndarray, exact: np.ndarray, weight: np.ndarray | float = 1.0)
 
 @dataclass
 class _Far:
-    start: float  # λ_far
     mult: float
     t_max: float
     coef: dict[str, np.ndarray]  # "a": R, "r": R/S; (2L, J): E's then O's power coefficients
@@ -341,9 +340,10 @@ def _far_values(
 
 
 def _build_far(rule: Bandwidth, start: float, tail: float) -> _Far | None:
-    """The far table: ``R = E(ε², t²) + εt O(ε², t²)`` and ``S(ε²)``, with E, O and S
-    polynomials of degree (J - 1, L - 1) and J - 1 in ``x_u = 2ε²/ε_far² - 1`` and
-    ``x_v = 2t²/T² - 1`` (the Edgeworth structure: the term in ε^k has the parity of k in t)."""
+    """The far table from ``start``: ``R = E(ε², t²) + εt O(ε², t²)`` and R/S alike, E and O
+    polynomials of degree (J - 1, L - 1) in ``x_u = 2ε²·start - 1`` and ``x_v = 2t²/T² - 1``
+    (the Edgeworth structure: the term in ε^k has the parity of k in t). S, exact here, is the
+    far metric's."""
     c = rule.mult
     u_max = 1 / start
     t_max = REACH * (1 + u_max**0.5) / math.sqrt(1 + c * c)
@@ -375,7 +375,7 @@ def _build_far(rule: Bandwidth, start: float, tail: float) -> _Far | None:
         coef_r, fit_r = fit(e / s[:, None], o / s[:, None])
         if _close(fit_a, r_chk, gauss) and _close(fit_r, r_chk / s_chk[:, None], gauss):
             # (A/(h/σ³) and its ratio to S, each weighted by the Gaussian: A's own scale)
-            return _Far(start=start, mult=c, t_max=t_max, coef={"a": coef_a, "r": coef_r})
+            return _Far(mult=c, t_max=t_max, coef={"a": coef_a, "r": coef_r})
     return None
 
 
@@ -437,11 +437,11 @@ class PoissonTable:
         self._n_a = n_a = cl.coef_a.shape[0]
         zero = np.zeros((1, cl.coef_a.shape[1]))
         self._coef = f64(np.concatenate([zero, cl.coef_a, cl.coef_r, cl.coef_g, zero]))
-        owner = np.full(self._coef.shape[0], -1)
+        owner = np.full(n_a + 2, -1)  # the zero rows and A's; a sample's row is clamped to these
         start = 1 + cl.row0 + cl.b_lo
         for c in range(n_cells):
             owner[start[c] : start[c] + max(cl.b_hi[c] - cl.b_lo[c] + 1, 0)] = c
-        self._owner = i64(owner[: 1 + n_a + 1])  # rows past A's own none
+        self._owner = i64(owner)
         width = np.diff(cl.edges)
         self._scale = f64(np.append(2 / width, 0.0))
         self._shift = f64(np.append(-2 * cl.edges[:-1] / width - 1, 0.0))
