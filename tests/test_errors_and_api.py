@@ -41,6 +41,8 @@ def test_unknown_option_lists_valid_options():
         ({"kernel": "cosine"}, "kernel must be one of"),
         ({"bandwidth": -1.0}, "bandwidth must be positive"),
         ({"bandwidth": "median"}, "bandwidth must be"),
+        ({"bandwidth": "std*-2"}, "bandwidth must be"),
+        ({"bandwidth": "std*inf"}, "bandwidth must be"),
         ({"normalization": "newton"}, "normalization must be one of"),
         ({"step": 0.0}, "step must be None or a positive"),
     ],

@@ -64,9 +64,10 @@ def _parse_bandwidth(bandwidth: float | str) -> tuple[float, float | None]:
     if isinstance(bandwidth, str):
         head, _, mult = bandwidth.partition("*")
         try:
-            if head != "std":
+            c = float(mult) if mult else 1.0
+            if head != "std" or not (c > 0 and c < float("inf")):
                 raise ValueError
-            return (float(mult) if mult else 1.0), None
+            return c, None
         except ValueError:
             raise PWGFError(
                 f"pwgf: bandwidth must be a positive float, 'std' or 'std*c', got {bandwidth!r}"
